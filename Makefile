@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine: `make test` and `make demo` (README.md).
+# The virtualenv is (re)built whenever a requirements file or pyproject.toml changes.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MEDIAPIPE := mediapipe==0.10.18
+
+.PHONY: test lint bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/device.txt requirements/dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	# mediapipe's declared dependencies would install opencv-contrib-python next to
+	# opencv-python-headless (two builds in one cv2 folder) and jax; README explains.
+	$(PY) -m pip install --quiet --no-deps $(MEDIAPIPE)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "import cv2, mediapipe, numpy; print('venv ready: numpy', numpy.__version__, 'opencv', cv2.__version__, 'mediapipe', mediapipe.__version__)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check device trainer provisioning tests benchmarks
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check device trainer provisioning tests benchmarks
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Kiosk set-up and model delivery to a fleet."""

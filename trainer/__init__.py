@@ -1,0 +1,1 @@
+"""The workstation side: keypoint extraction, datasets, training, evaluation and signed bundles."""

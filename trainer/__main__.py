@@ -1,0 +1,29 @@
+"""``python -m trainer <command>``: the workstation's commands, one module each."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from device.cli import Command, run_cli
+from device.keypoints import KeypointFileError
+from trainer import extract, features_command
+
+COMMANDS: dict[str, Command] = {
+    "extract": extract.COMMAND,
+    "features": features_command.COMMAND,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(
+        "trainer",
+        "Workstation tools: videos -> keypoints -> features -> datasets -> models -> signed bundles.",
+        COMMANDS,
+        argv,
+        user_errors=(KeypointFileError,),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
