@@ -332,14 +332,18 @@ def write_frames_jsonl(records: Iterable[dict], path: str | Path) -> int:
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     count = 0
-    with partial.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, separators=(",", ":"), allow_nan=False))
-            handle.write("\n")
-            count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, separators=(",", ":"), allow_nan=False))
+                handle.write("\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:  # also Ctrl-C: never leave a half file behind, finished or not
+        partial.unlink(missing_ok=True)
+        raise
     return count
 
 

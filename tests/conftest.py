@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from device.keypoints import JOINT_INDEX, empty_points
+from device.pose import offline_task_path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -31,6 +32,12 @@ def squats_reference(data_dir: Path) -> np.ndarray:
     points[:, :, 3] = 1.0
     points[:, :, 4] = 1.0
     return points
+
+
+@pytest.fixture(scope="session")
+def task_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline pose model, built once per test session into a private cache."""
+    return offline_task_path(tmp_path_factory.mktemp("pose-cache"))
 
 
 def pose(**joints: tuple[float, float]) -> np.ndarray:

@@ -6,7 +6,10 @@ import sys
 from collections.abc import Sequence
 
 from device.cli import Command, run_cli
+from device.features import FeatureSpecError
 from device.keypoints import KeypointFileError
+from device.pose import PoseModelError
+from device.sources import SourceError
 from trainer import extract, features_command
 
 COMMANDS: dict[str, Command] = {
@@ -21,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Workstation tools: videos -> keypoints -> features -> datasets -> models -> signed bundles.",
         COMMANDS,
         argv,
-        user_errors=(KeypointFileError,),
+        user_errors=(KeypointFileError, FeatureSpecError, PoseModelError, SourceError),
     )
 
 

@@ -1,0 +1,95 @@
+"""Frame sources: where images come from, behind one small interface.
+
+Every stage downstream of capture sees the same immutable :class:`Frame`, whether it came from a
+file, a camera or a stream, so the pose stage and the trainer's extraction share one code path.
+Only video files exist so far; cameras and network streams will implement :class:`FrameSource`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+# Used for timestamps only when a container states no frame rate (rare, but some AVI/MKV files).
+_FALLBACK_FPS = 30.0
+
+
+class SourceError(ValueError):
+    """A source that cannot deliver frames; the message names the file or device."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded image and where and when it was taken.
+
+    ``image`` is BGR uint8 (OpenCV's order; MediaPipe wants RGB) and read-only, because frames
+    are shared between stages and threads. ``frame_number`` counts decoded frames from 1, as the
+    frame-file schema does; ``timestamp_ms`` is the frame's presentation time in the source.
+    """
+
+    image: np.ndarray
+    frame_number: int
+    timestamp_ms: float
+    source: str
+
+
+class FrameSource(Protocol):
+    """Anything that yields :class:`Frame` objects in order and can be closed."""
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+class VideoFileSource:
+    """Decodes a video file with OpenCV, frame by frame; single pass.
+
+    The file is opened on construction so an unreadable file fails before any work starts; a file
+    that opens but yields no frame fails when iterated.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: no such file")
+        self._capture = cv2.VideoCapture(str(self.path))
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise SourceError(f"{self.path}: cannot open as a video")
+        reported_fps = self._capture.get(cv2.CAP_PROP_FPS)
+        self.fps: float = reported_fps if reported_fps > 0 else _FALLBACK_FPS
+        # Containers may not know their length (some WebM streams); then this is 0.
+        self.frame_count: int = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+        self.width: int = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height: int = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+
+    def __iter__(self) -> Iterator[Frame]:
+        frame_number = 0
+        while True:
+            ok, image = self._capture.read()
+            if not ok:
+                break
+            frame_number += 1
+            # The container's timestamp is truthful for variable frame rates; backends that do not
+            # report one give 0, and then the frame's position at the nominal rate is used.
+            timestamp_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
+            if timestamp_ms <= 0 and frame_number > 1:
+                timestamp_ms = (frame_number - 1) * 1000.0 / self.fps
+            image.setflags(write=False)
+            yield Frame(image, frame_number, timestamp_ms, str(self.path))
+        if frame_number == 0:
+            raise SourceError(f"{self.path}: no frame could be decoded")
+
+    def close(self) -> None:
+        self._capture.release()
+
+    def __enter__(self) -> VideoFileSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
