@@ -147,6 +147,7 @@ PRESETS: tuple[str, ...] = ("seed",)
 POOLS: tuple[str, ...] = ("mean", "std", "min", "max", "delta")
 GROUPS: tuple[str, ...] = ("normalized", "angles", "distances", "seed")
 SPEC_VERSION = 1
+_TRANSPOSE_BLOCK = 512  # frames per block when laying keypoints out as (dims, joints, frames)
 
 
 class FeatureSpecError(ValueError):
@@ -278,6 +279,13 @@ def _indices(names: Iterable[str]) -> np.ndarray:
     return np.array([_EXT_INDEX[n] for n in names], dtype=np.intp)
 
 
+def _selector(index: np.ndarray) -> np.ndarray | slice:
+    """A slice when the positions are consecutive: indexing then makes a view, not a copy."""
+    if len(index) > 1 and (np.diff(index) == 1).all():
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 class FeatureEngine:
     """Computes a spec's features for whole arrays of frames.
 
@@ -290,7 +298,8 @@ class FeatureEngine:
         s = self.spec
         self.dims = 3 if s.z else 2
         axes = ("x", "y", "z")[: self.dims]
-        self._norm_joints = _indices(s.normalized)
+        self._norm_count = len(s.normalized)
+        self._norm_joints = _selector(_indices(s.normalized))
 
         # every angle is between (head1 - tail1) and (head2 - tail2): one gather for all of them
         pairs: list[tuple[str, str, str, str]] = [
@@ -329,7 +338,9 @@ class FeatureEngine:
         n, d = points.shape[0], self.dims
         ext = np.empty((d, len(_EXTENDED), n))
         joints = ext[:, : len(JOINTS)]
-        joints[...] = points[:, :, :d].transpose(2, 1, 0)
+        for start in range(0, n, _TRANSPOSE_BLOCK):  # blockwise: a whole-array transpose thrashes the cache
+            stop = start + _TRANSPOSE_BLOCK
+            joints[:, :, start:stop] = points[start:stop, :, :d].transpose(2, 1, 0)
         if self.spec.min_visibility > 0:
             hidden = self.spec.min_visibility > points[:, :, VISIBILITY].T
             np.copyto(joints, np.nan, where=hidden[None])
@@ -347,7 +358,7 @@ class FeatureEngine:
 
         out = np.empty((len(self.names), n))
         col = 0
-        k = len(self._norm_joints)
+        k = self._norm_count
         if k:
             block = out[col : col + k * d].reshape(k, d, n).transpose(1, 0, 2)  # (d, k, n) view
             np.subtract(ext[:, self._norm_joints], origin[:, None], out=block)
