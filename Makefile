@@ -6,8 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MEDIAPIPE := mediapipe==0.10.18
+# What the tests and the demo run for real: an MQTT broker and a headless browser.
+DEBIAN_PACKAGES := mosquitto mosquitto-clients chromium
 
-.PHONY: test lint bench venv clean
+.PHONY: test lint bench venv system clean
 
 venv: $(STAMP)
 
@@ -22,7 +24,10 @@ $(STAMP): requirements/device.txt requirements/dev.txt pyproject.toml
 	$(PY) -c "import cv2, mediapipe, numpy; print('venv ready: numpy', numpy.__version__, 'opencv', cv2.__version__, 'mediapipe', mediapipe.__version__)"
 	touch $(STAMP)
 
-test: $(STAMP)
+system:
+	scripts/ensure-debian-packages $(DEBIAN_PACKAGES)
+
+test: system $(STAMP)
 	$(PY) -m ruff check device trainer provisioning tests benchmarks
 	$(PY) -m pytest
 

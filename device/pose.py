@@ -26,7 +26,7 @@ import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer, model_asset_bundle_utils
 
-from device.keypoints import CHANNELS, JOINTS
+from device.keypoints import CHANNELS, JOINTS, X, Y
 
 # The members of a pose landmarker ``.task`` bundle, as MediaPipe's graph looks them up.
 DETECTOR_MEMBER = "pose_detector.tflite"
@@ -253,3 +253,16 @@ class PoseEstimator:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def main_pose(poses: np.ndarray) -> np.ndarray | None:
+    """The one person the system follows: the largest in the image (usually the nearest).
+
+    Detecting more than one person (``num_poses``) keeps a bystander from being tracked in place
+    of the subject; frame files and windows still hold one person per frame.
+    """
+    if len(poses) <= 1:
+        return poses[0] if len(poses) else None
+    xy = poses[:, :, [X, Y]]
+    extent = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
+    return poses[int(np.argmax(extent[:, 0] * extent[:, 1]))]

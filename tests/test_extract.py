@@ -14,10 +14,10 @@ import pytest
 from conftest import DATA, REPO
 
 from device.keypoints import read_frames_jsonl
-from device.pose import PoseOptions
+from device.pose import PoseOptions, main_pose
 from device.sources import SourceError, VideoFileSource
 from trainer.__main__ import main
-from trainer.extract import ExtractOptions, Outcome, extract_video, find_videos, main_pose
+from trainer.extract import ExtractOptions, Outcome, extract_video, find_videos
 
 VIDEOS = DATA / "videos"
 SQUATS, DANCE = VIDEOS / "squats.mp4", VIDEOS / "dance.mp4"

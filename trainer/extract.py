@@ -25,12 +25,18 @@ from pathlib import Path
 from queue import Empty
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
 from device.cli import Command, ExitStatus, UsageError
-from device.keypoints import X, Y, frame_record, write_frames_jsonl
-from device.pose import PoseEstimator, PoseModelError, PoseOptions, check_task_file, offline_task_path
+from device.keypoints import frame_record, write_frames_jsonl
+from device.pose import (
+    PoseEstimator,
+    PoseModelError,
+    PoseOptions,
+    check_task_file,
+    main_pose,
+    offline_task_path,
+)
 from device.sources import SourceError, VideoFileSource
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v"})
@@ -84,19 +90,6 @@ def _already_done(video: Path, out_dir: Path, options: ExtractOptions) -> Extrac
     if options.overwrite or not output.is_file():
         return None
     return ExtractResult(video, output, Outcome.SKIPPED)
-
-
-def main_pose(poses: np.ndarray) -> np.ndarray | None:
-    """The one person a frame file records: the largest in the image (usually the nearest).
-
-    Detecting more than one person (``--num-poses``) keeps a bystander from being tracked in
-    place of the subject; the frame schema still holds one person per frame.
-    """
-    if len(poses) <= 1:
-        return poses[0] if len(poses) else None
-    xy = poses[:, :, [X, Y]]
-    extent = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
-    return poses[int(np.argmax(extent[:, 0] * extent[:, 1]))]
 
 
 def extract_video(
