@@ -16,6 +16,7 @@ and ``y_normalized`` are MediaPipe's own image-relative coordinates (x / width, 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import os
@@ -407,16 +408,17 @@ def read_body25_table(path: str | Path) -> Body25Table:
 
     Columns ``label, accuracy, x0, y0 … x24, y24``; y points up there and ``(0, 0)`` marks a
     missing keypoint. The result has y pointing down (y -> -y), missing joints as NaN, visibility 1
-    for detected joints, and z/presence NaN.
+    for detected joints, and z/presence NaN. A ``.gz`` file is read through gzip.
     """
     path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with opener(path, "rt", newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             rows = list(reader)
-    except OSError as exc:
-        raise KeypointFileError(f"{path}: cannot read ({exc.strerror})") from exc
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise KeypointFileError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
     expected = ["label", "accuracy"] + [f"{a}{i}" for i in range(25) for a in ("x", "y")]
     if header is None or [h.strip() for h in header] != expected:
         raise KeypointFileError(f"{path}: expected the columns label, accuracy, x0, y0 … x24, y24")
