@@ -9,7 +9,7 @@ MEDIAPIPE := mediapipe==0.10.18
 # What the tests and the demo run for real: an MQTT broker and a headless browser.
 DEBIAN_PACKAGES := mosquitto mosquitto-clients chromium
 
-.PHONY: test lint bench venv system clean
+.PHONY: test demo lint bench venv system clean
 
 venv: $(STAMP)
 
@@ -28,14 +28,17 @@ system:
 	scripts/ensure-debian-packages $(DEBIAN_PACKAGES)
 
 test: system $(STAMP)
-	$(PY) -m ruff check device trainer provisioning tests benchmarks
+	$(PY) -m ruff check device trainer provisioning tests benchmarks scripts
 	$(PY) -m pytest
 
+demo: system $(STAMP)
+	$(PY) scripts/demo.py
+
 lint: $(STAMP)
-	$(PY) -m ruff check device trainer provisioning tests benchmarks
+	$(PY) -m ruff check device trainer provisioning tests benchmarks scripts
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .demo

@@ -2,13 +2,14 @@
 
 Every stage downstream of capture sees the same immutable :class:`Frame`, whether it came from a
 file, a camera or a stream, so the pose stage and the trainer's extraction share one code path.
-Only video files exist so far; cameras and network streams will implement :class:`FrameSource`.
+The daemon's live sources (:mod:`device.capture`) implement the same :class:`FrameSource`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +37,7 @@ class Frame:
     frame_number: int
     timestamp_ms: float
     source: str
+    captured_at: float = field(default_factory=time.monotonic)  # for end-to-end latency
 
 
 class FrameSource(Protocol):

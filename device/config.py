@@ -1,0 +1,255 @@
+"""The daemon's configuration: one TOML file, validated completely before anything starts.
+
+Unknown keys are refused (a typo must not silently fall back to a default), every error names the
+key and what is allowed, and secrets come from the environment or systemd credentials rather than
+the file: ``MOVEMENT_EDGE_MQTT_PASSWORD`` and ``MOVEMENT_EDGE_HTTP_TOKEN`` (or the credentials
+``mqtt_password`` / ``http_token`` in ``$CREDENTIALS_DIRECTORY``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SECRET_ENV = {"mqtt_password": "MOVEMENT_EDGE_MQTT_PASSWORD", "http_token": "MOVEMENT_EDGE_HTTP_TOKEN"}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the file and the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSection(_Section):
+    id: str = Field("kiosk", description="device id, used in MQTT topics", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str = Field("", description="human name shown on the status page and in Home Assistant")
+    state_dir: Path = Field(Path("/var/lib/movement-edge"), description="outbox database and models")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class FileSource(_Section):
+    kind: Literal["file"]
+    paths: list[Path] = Field(min_length=1, description="video files, played in order")
+    loop: bool = False
+    pace: Literal["realtime", "fast"] = Field(
+        "realtime", description="at the file's frame rate or as fast as possible"
+    )
+
+
+class CameraSource(_Section):
+    kind: Literal["camera"]
+    device: int | str = Field(0, description="camera index or /dev/videoN")
+    width: int | None = Field(None, gt=0)
+    height: int | None = Field(None, gt=0)
+    fps: float | None = Field(None, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device_path(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and not re.fullmatch(r"/dev/video\d+", value):
+            raise ValueError("must be a camera index or a /dev/videoN path")
+        return value
+
+
+class UrlSource(_Section):
+    kind: Literal["url"]
+    url: str = Field(pattern=r"^(rtsp|rtsps|http|https)://", description="RTSP or HTTP stream")
+
+
+class GStreamerSource(_Section):
+    kind: Literal["gstreamer"]
+    pipeline: str = Field(min_length=1, description="a GStreamer pipeline ending in appsink")
+
+
+class PiCameraSource(_Section):
+    kind: Literal["picamera2"]
+    width: int = Field(640, gt=0)
+    height: int = Field(480, gt=0)
+
+
+SOURCE_KINDS = ("file", "camera", "url", "gstreamer", "picamera2")
+SourceSection = Annotated[
+    FileSource | CameraSource | UrlSource | GStreamerSource | PiCameraSource, Field(discriminator="kind")
+]
+
+
+class CaptureSection(_Section):
+    reconnect_initial_s: float = Field(0.5, gt=0, description="first wait before reopening a lost source")
+    reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reopen attempts")
+
+
+class PoseSection(_Section):
+    model: Path | None = Field(None, description="an official pose landmarker .task; default: built offline")
+    num_poses: int = Field(1, ge=1, le=5)
+    min_detection_confidence: float = Field(0.5, ge=0, le=1)
+    min_presence_confidence: float = Field(0.5, ge=0, le=1)
+    min_tracking_confidence: float = Field(0.5, ge=0, le=1)
+
+
+class SmoothingSection(_Section):
+    kind: Literal["none", "majority", "hysteresis"] = "none"
+    k: int = Field(5, ge=1, le=100, description="results considered by majority smoothing")
+    enter: float = Field(0.6, ge=0, le=1, description="hysteresis: confidence needed to switch label")
+    exit: float = Field(0.4, ge=0, le=1, description="hysteresis: confidence below which a label is left")
+
+    @model_validator(mode="after")
+    def _enter_above_exit(self) -> SmoothingSection:
+        if self.kind == "hysteresis" and self.exit > self.enter:
+            raise ValueError("smoothing.exit must not exceed smoothing.enter")
+        return self
+
+
+class ModelSection(_Section):
+    bundle: Path | None = Field(
+        None, description="signed model bundle to run at start (else the model store's active one)"
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Ed25519 public keys (PEM) bundles must be signed with"
+    )
+    smoothing: SmoothingSection | None = Field(None, description="overrides the bundle's decision settings")
+    no_person: Literal["skip", "reset"] | None = Field(
+        None, description="overrides the bundle: on frames without a person"
+    )
+
+
+class TlsSection(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip hostname verification (testing only)")
+
+
+class MqttSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("movement", pattern=r"^[^#+\s]+$", description="topic prefix; no wildcards")
+    username: str | None = None
+    password: str | None = Field(None, description=f"prefer ${SECRET_ENV['mqtt_password']}")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    tls: TlsSection | None = None
+    stats_interval_s: float = Field(10.0, gt=0)
+    discovery: bool = Field(True, description="publish Home Assistant discovery")
+    discovery_prefix: str = "homeassistant"
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> MqttSection:
+        if self.password and not self.username:
+            raise ValueError("mqtt.password is set but mqtt.username is not")
+        return self
+
+
+class OutboxSection(_Section):
+    path: Path | None = Field(None, description="SQLite file; default <state_dir>/outbox.sqlite")
+    max_rows: int = Field(
+        100_000, ge=10, description="bound; beyond it the oldest rows are dropped and counted"
+    )
+
+
+class HttpSection(_Section):
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    token: str | None = Field(
+        None, description=f"bearer token for mutating endpoints; prefer ${SECRET_ENV['http_token']}"
+    )
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the token stored hashed")
+    max_upload_mb: float = Field(64.0, gt=0, le=1024)
+
+
+class Config(_Section):
+    device: DeviceSection = DeviceSection()
+    source: SourceSection
+    capture: CaptureSection = CaptureSection()
+    pose: PoseSection = PoseSection()
+    model: ModelSection = ModelSection()
+    mqtt: MqttSection = MqttSection()
+    outbox: OutboxSection = OutboxSection()
+    http: HttpSection = HttpSection()
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.device.state_dir / "outbox.sqlite"
+
+
+def _secret(name: str, env: Mapping[str, str]) -> str | None:
+    if env.get(SECRET_ENV[name]):
+        return env[SECRET_ENV[name]]
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / name).is_file():
+        return (Path(credentials) / name).read_text(encoding="utf-8").strip()
+    return None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line per pydantic error: the dotted key, then what is wrong (and allowed)."""
+    loc = list(error["loc"])
+    if loc[:1] == ["source"] and len(loc) > 1 and loc[1] in SOURCE_KINDS:
+        del loc[1]  # the discriminator's tag is not a key the user wrote
+    key = ".".join(str(part) for part in loc)
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: required"
+    if error["type"] == "union_tag_invalid":
+        return f"{key}.kind: must be one of {error['ctx']['expected_tags']}"
+    if error["type"] == "union_tag_not_found":
+        return f"{key}.kind: required (file, camera, url, gstreamer or picamera2)"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def parse_config(
+    data: dict[str, Any], source: str = "config", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a config mapping; secrets from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for name, (section, key) in {
+        "mqtt_password": ("mqtt", "password"),
+        "http_token": ("http", "token"),
+    }.items():
+        value = _secret(name, env)
+        if value:
+            data.setdefault(section, {})[key] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file; relative paths in it are relative to the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    config = parse_config(data, str(path), env)
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Make every relative path absolute against the config file's folder."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else (base / value).resolve()
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, BaseModel):
+            return value.model_copy(update={k: fix(getattr(value, k)) for k in type(value).model_fields})
+        return value
+
+    return fix(config)

@@ -1,0 +1,212 @@
+"""What the daemon knows about itself, shared by the pipeline, the publisher and the web page.
+
+Producers (capture, pose, classifier, publisher) write small facts here; readers (the status
+page, ``/api/status``, ``/metrics``, MQTT ``stats``) take consistent snapshots. One lock guards
+everything; every write is O(1), so the pipeline never waits on a reader. The live picture is
+kept as the raw newest frame plus its keypoints and is only drawn and JPEG-encoded when somebody
+asks for it, so an unwatched kiosk spends nothing on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from device.prediction import Prediction
+
+STAGES: tuple[str, ...] = ("capture", "pose", "features", "classify", "publish")
+_TIMING_SAMPLES = 600  # per stage: enough for stable percentiles, bounded memory
+_RECENT = 20
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The active model as the page and ``model/state`` show it."""
+
+    model_id: str
+    version: str
+    sha256: str
+    runtime: str
+    labels: tuple[str, ...]
+    window: int
+    status: str = "ok"  # ok | rejected | rolled_back
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """The newest frame with what was seen in it; drawn on demand."""
+
+    image: np.ndarray  # BGR, read-only
+    points: np.ndarray | None  # (33, 5) or None without a person
+    prediction: Prediction | None
+    frame_number: int
+
+
+class _StageTimes:
+    """Durations and completion times of one stage's recent runs."""
+
+    def __init__(self) -> None:
+        self.durations: deque[float] = deque(maxlen=_TIMING_SAMPLES)
+        self.stamps: deque[float] = deque(maxlen=_TIMING_SAMPLES)
+
+    def summary(self, now: float, window_s: float = 10.0) -> dict[str, float | None]:
+        """Runs per second over the last ``window_s`` seconds and duration percentiles in ms."""
+        recent = [t for t in self.stamps if now - t <= window_s]
+        span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
+        fps = (len(recent) - 1) / span if span > 0 else 0.0
+        times = _percentiles(self.durations, scale=1000.0)
+        return {"fps": round(fps, 2), **{f"{name}_ms": value for name, value in times.items()}}
+
+
+def _percentiles(values: deque[float], scale: float = 1.0) -> dict[str, float | None]:
+    """p50/p95/p99 of recent values (None before the first one)."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    points = np.percentile(np.fromiter(values, float), [50, 95, 99]) * scale
+    return {name: round(float(v), 3) for name, v in zip(("p50", "p95", "p99"), points, strict=True)}
+
+
+class StatusBoard:
+    """Thread-safe status of one daemon."""
+
+    def __init__(self, device_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.device_id = device_id
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started = clock()
+        self._started_wall = time.time()
+        self._stages = {stage: _StageTimes() for stage in STAGES}
+        self._latency: deque[float] = deque(maxlen=_TIMING_SAMPLES)
+        self._counters: dict[str, int] = {
+            "frames_captured": 0,
+            "frames_dropped": 0,
+            "frames_processed": 0,
+            "frames_without_person": 0,
+            "classifications": 0,
+            "source_reopens": 0,
+        }
+        self._camera: dict[str, Any] = {"state": "starting", "source": "", "detail": ""}
+        self._model: ModelInfo | None = None
+        self._mqtt: dict[str, Any] = {"enabled": False, "connected": False, "broker": "", "detail": ""}
+        self._outbox = {"depth": 0, "dropped": 0}
+        self._recent: deque[Prediction] = deque(maxlen=_RECENT)
+        self._person_present = False
+        self._last_frame_at: float | None = None
+        self._view: LiveView | None = None
+
+    # ---------------------------------------------------------------- writers
+
+    def record_stage(self, stage: str, seconds: float) -> None:
+        now = self._clock()
+        with self._lock:
+            times = self._stages[stage]
+            times.durations.append(seconds)
+            times.stamps.append(now)
+            if stage == "capture":
+                self._last_frame_at = now
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += n
+
+    def set_camera(self, state: str, source: str | None = None, detail: str = "") -> None:
+        with self._lock:
+            self._camera = {
+                "state": state,
+                "source": self._camera["source"] if source is None else source,
+                "detail": detail,
+            }
+
+    def set_model(self, info: ModelInfo | None) -> None:
+        with self._lock:
+            self._model = info
+
+    def mark_model(self, status: str, detail: str) -> None:
+        """Record the outcome of a model change that did not replace the active model."""
+        with self._lock:
+            if self._model is not None:
+                self._model = replace(self._model, status=status, detail=detail)
+
+    def set_mqtt(self, enabled: bool, connected: bool, broker: str, detail: str = "") -> None:
+        with self._lock:
+            self._mqtt = {"enabled": enabled, "connected": connected, "broker": broker, "detail": detail}
+
+    def set_outbox(self, depth: int, dropped: int) -> None:
+        with self._lock:
+            self._outbox = {"depth": depth, "dropped": dropped}
+
+    def set_person_present(self, present: bool) -> None:
+        with self._lock:
+            self._person_present = present
+
+    def add_prediction(self, prediction: Prediction) -> None:
+        with self._lock:
+            self._recent.append(prediction)
+            self._latency.append(prediction.latency_ms)
+            self._counters["classifications"] += 1
+
+    def set_view(self, view: LiveView) -> None:
+        with self._lock:
+            self._view = view
+
+    # ---------------------------------------------------------------- readers
+
+    @property
+    def model(self) -> ModelInfo | None:
+        with self._lock:
+            return self._model
+
+    @property
+    def view(self) -> LiveView | None:
+        with self._lock:
+            return self._view
+
+    def frames_flowing(self, max_age_s: float = 5.0) -> bool:
+        """Did a frame arrive recently? (``/healthz`` and the systemd watchdog ask.)"""
+        with self._lock:
+            last = self._last_frame_at
+        return last is not None and self._clock() - last <= max_age_s
+
+    def uptime_s(self) -> float:
+        return self._clock() - self._started
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything at one instant, as JSON-ready data (``/api/status``)."""
+        now = self._clock()
+        with self._lock:
+            latest = self._recent[-1] if self._recent else None
+            model = self._model
+            return {
+                "device_id": self.device_id,
+                "started_at": self._started_wall,
+                "uptime_s": round(now - self._started, 1),
+                "camera": dict(self._camera),
+                "stages": {name: times.summary(now) for name, times in self._stages.items()},
+                "latency_ms": _percentiles(self._latency),
+                "counters": dict(self._counters),
+                "person_present": self._person_present,
+                "current": None if latest is None else latest.payload(),
+                "recent": [p.payload() for p in reversed(self._recent)],
+                "model": None
+                if model is None
+                else {
+                    "id": model.model_id,
+                    "version": model.version,
+                    "sha256": model.sha256,
+                    "runtime": model.runtime,
+                    "labels": list(model.labels),
+                    "window": model.window,
+                    "status": model.status,
+                    "detail": model.detail,
+                },
+                "mqtt": dict(self._mqtt),
+                "outbox": dict(self._outbox),
+                "frames_flowing": self._last_frame_at is not None and now - self._last_frame_at <= 5.0,
+            }

@@ -1,0 +1,200 @@
+"""``make demo``: the whole system on this machine, from sample data to live MQTT messages.
+
+1. trains a pose classifier from the BODY-25 table in ``demo/data`` with the trainer (reused when
+   the data and code have not changed), signs it with a demo key and checks the bundle;
+2. starts a local mosquitto broker on a free loopback port;
+3. runs the daemon on the bundled sample videos in a loop, status page on http://127.0.0.1:8080;
+4. prints the page's URL and a ``mosquitto_sub`` command that shows the live messages.
+
+Ctrl-C stops everything. All state goes to ``.demo/`` in the repository (safe to delete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "demo" / "data"
+STATE = REPO / ".demo"
+PYTHON = sys.executable
+HTTP_PORT = int(os.environ.get("DEMO_HTTP_PORT", "8080"))
+
+
+def step(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def trainer(*args: str) -> None:
+    subprocess.run([PYTHON, "-m", "trainer", *args], cwd=REPO, check=True)
+
+
+def fingerprint() -> str:
+    """The demo model depends on the data and on the trainer and feature code."""
+    digest = hashlib.sha256()
+    for path in [DATA / "BodyPose_Dataset.csv.gz", *sorted((REPO / "trainer").glob("*.py"))]:
+        digest.update(path.read_bytes())
+    digest.update((REPO / "device" / "features.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def demo_model() -> tuple[Path, Path]:
+    """Train, sign and verify the demo model, or reuse the one built from the same inputs."""
+    keys, bundle, stamp = STATE / "keys", STATE / "model.zip", STATE / "model.fingerprint"
+    if bundle.exists() and stamp.exists() and stamp.read_text() == fingerprint():
+        step(f"reusing the demo model {bundle.relative_to(REPO)} (delete .demo/ to retrain)")
+        return bundle, keys / "signing.pub"
+    step("training the demo model from demo/data/BodyPose_Dataset.csv.gz (20 poses, BODY-25)")
+    if not (keys / "signing.key").exists():
+        trainer("keygen", "--out", str(keys))
+    dataset, run = STATE / "poses.parquet", STATE / "run"
+    trainer(
+        "dataset",
+        "--body25",
+        str(DATA / "BodyPose_Dataset.csv.gz"),
+        "--features",
+        "angles,seed,distances",
+        "--out",
+        str(dataset),
+    )
+    trainer(
+        "train",
+        "--dataset",
+        str(dataset),
+        "--target",
+        "label",
+        "--split",
+        "stratified",
+        "--out",
+        str(run),
+        "--overwrite",
+    )
+    trainer(
+        "export",
+        str(run),
+        "--out",
+        str(bundle),
+        "--key",
+        str(keys / "signing.key"),
+        "--model-id",
+        "poses",
+        "--smoothing",
+        "majority:5",
+    )
+    trainer("verify", str(bundle), "--pub", str(keys / "signing.pub"))
+    stamp.write_text(fingerprint())
+    return bundle, keys / "signing.pub"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_broker() -> tuple[subprocess.Popen, int]:
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        sys.exit("demo: mosquitto is not installed; run `make system` (or apt-get install mosquitto)")
+    port = free_port()
+    config = STATE / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(
+        [mosquitto, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return broker, port
+        except OSError:
+            time.sleep(0.1)
+    broker.kill()
+    sys.exit(f"demo: mosquitto did not start on port {port}")
+
+
+def write_config(bundle: Path, public_key: Path, mqtt_port: int) -> Path:
+    config = STATE / "device.toml"
+    config.write_text(
+        f"""# written by `make demo`
+[device]
+id = "demo-kiosk"
+name = "Demo kiosk"
+state_dir = "{STATE / 'state'}"
+
+[source]
+kind = "file"
+paths = ["{DATA / 'squats.mp4'}", "{DATA / 'dance.mp4'}"]
+loop = true
+pace = "realtime"
+
+[model]
+bundle = "{bundle}"
+trusted_keys = ["{public_key}"]
+
+[mqtt]
+port = {mqtt_port}
+prefix = "movement"
+stats_interval_s = 5
+
+[http]
+bind = "127.0.0.1"
+port = {HTTP_PORT}
+"""
+    )
+    return config
+
+
+def main() -> int:
+    STATE.mkdir(exist_ok=True)
+    bundle, public_key = demo_model()
+    step("starting a local MQTT broker")
+    broker, mqtt_port = start_broker()
+    config = write_config(bundle, public_key, mqtt_port)
+    step("starting the daemon on demo/data/squats.mp4 and dance.mp4 (looping)")
+    with (STATE / "daemon.log").open("w") as log:
+        daemon = subprocess.Popen(
+            [PYTHON, "-m", "device", "run", "--config", str(config)], cwd=REPO, stdout=log, stderr=log
+        )
+        print(
+            f"""
+  status page   http://127.0.0.1:{HTTP_PORT}/
+  live messages mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'movement/#' -v
+  daemon log    {STATE / "daemon.log"}
+  config        {config}
+
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        return supervise(daemon, broker)
+
+
+def supervise(daemon: subprocess.Popen, broker: subprocess.Popen) -> int:
+    """Wait until Ctrl-C or until a process dies; then stop both, daemon first."""
+    try:
+        while daemon.poll() is None and broker.poll() is None:
+            time.sleep(0.5)
+        print("demo: the daemon exited; see .demo/daemon.log", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+        return 0
+    finally:
+        for process in (daemon, broker):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
