@@ -12,10 +12,19 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SECRET_ENV = {"mqtt_password": "MOVEMENT_EDGE_MQTT_PASSWORD", "http_token": "MOVEMENT_EDGE_HTTP_TOKEN"}
 
@@ -156,7 +165,9 @@ class OutboxSection(_Section):
 
 class HttpSection(_Section):
     enabled: bool = True
-    bind: str = "127.0.0.1"
+    bind: IPvAnyAddress = Field(
+        IPv4Address("127.0.0.1"), description="an IP address; 0.0.0.0 for every interface"
+    )
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     token: str | None = Field(
         None, description=f"bearer token for mutating endpoints; prefer ${SECRET_ENV['http_token']}"

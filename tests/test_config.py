@@ -22,7 +22,7 @@ def test_the_example_config_is_valid() -> None:
 
 def test_defaults_are_safe() -> None:
     config = parse_config(MINIMAL, env={})
-    assert config.http.bind == "127.0.0.1" and config.http.port == 8080
+    assert str(config.http.bind) == "127.0.0.1" and config.http.port == 8080
     assert config.http.token is None  # mutating endpoints stay closed without a token
     assert config.mqtt.enabled and config.mqtt.port == 1883
     assert config.outbox_path == Path("/var/lib/movement-edge/outbox.sqlite")
@@ -48,6 +48,7 @@ def test_defaults_are_safe() -> None:
             "smoothing.exit",
         ),
         ({**MINIMAL, "http": {"token_sha256": "short"}}, "http.token_sha256"),
+        ({**MINIMAL, "http": {"bind": "kiosk.local"}}, "http.bind"),
     ],
 )
 def test_each_rule_names_its_key(data: dict, message: str) -> None:
