@@ -91,6 +91,7 @@ class StatusBoard:
             "frames_without_person": 0,
             "classifications": 0,
             "source_reopens": 0,
+            "outbox_errors": 0,
         }
         self._camera: dict[str, Any] = {"state": "starting", "source": "", "detail": ""}
         self._model: ModelInfo | None = None

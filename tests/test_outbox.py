@@ -1,0 +1,183 @@
+"""The SQLite outbox: order, durability across restarts, the drop_oldest bound, threads, corruption."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from device.outbox import DROP_OLDEST, Outbox, OutboxCorruptError, OutboxError
+
+TOPIC = "movement/kiosk/classification"
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "outbox.sqlite"  # the folder does not exist yet
+
+
+def seqs(outbox: Outbox, **kwargs: int) -> list[int]:
+    return [message.seq for message in outbox.pending(**kwargs)]
+
+
+def test_append_returns_seq_and_pending_lists_rows_in_order(path: Path) -> None:
+    with Outbox(path, max_rows=100) as outbox:
+        assert path.is_file()
+        appended = [outbox.append(TOPIC, {"label": f"l{i}", "seq": -1}) for i in range(5)]
+        assert appended == [1, 2, 3, 4, 5]
+        first = outbox.pending()[0]
+        assert (first.topic, first.qos, first.retain) == (TOPIC, 1, False)
+        assert first.payload.startswith(b'{"seq":1,')  # seq first; the caller's "seq" is replaced
+        assert json.loads(first.payload) == {"seq": 1, "label": "l0"}
+        assert seqs(outbox, after_seq=2) == [3, 4, 5]
+        assert seqs(outbox, limit=2) == [1, 2]
+        assert outbox.ack(2, 4, 99) == 2  # unknown seqs are ignored
+        assert seqs(outbox) == [1, 3, 5]
+        assert outbox.depth == 3
+
+
+def test_rows_and_seq_survive_a_restart_even_when_drained(path: Path) -> None:
+    with Outbox(path, max_rows=100) as outbox:
+        for i in range(3):
+            outbox.append(TOPIC, {"i": i}, qos=0, retain=True)
+        outbox.ack(1)
+    with Outbox(path, max_rows=100) as outbox:
+        assert outbox.depth == 2
+        assert [(m.seq, m.qos, m.retain, json.loads(m.payload)["i"]) for m in outbox.pending()] == [
+            (2, 0, True, 1),
+            (3, 0, True, 2),
+        ]
+        outbox.ack(2, 3)
+        assert outbox.depth == 0
+    with Outbox(path, max_rows=100) as outbox:
+        assert outbox.append(TOPIC, {}) == 4  # never reused, so subscribers can deduplicate by seq
+
+
+WRITER = """
+import signal, sys
+from device.outbox import Outbox
+outbox = Outbox(sys.argv[1], max_rows=1000)
+print(*(outbox.append("movement/kiosk/classification", {"i": i}) for i in range(50)), flush=True)
+signal.pause()
+"""
+
+
+def test_returned_rows_survive_a_killed_process(path: Path) -> None:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        returned = [int(seq) for seq in writer.stdout.readline().split()]  # every append has returned
+    finally:
+        writer.send_signal(signal.SIGKILL)  # no close(), no checkpoint: like a crash
+        writer.wait(10)
+    assert returned == list(range(1, 51))
+    with Outbox(path, max_rows=1000) as outbox:
+        assert seqs(outbox) == returned
+
+
+def test_bound_drops_the_oldest_and_counts_them_persistently(path: Path) -> None:
+    with Outbox(path, max_rows=10) as outbox:
+        assert outbox.policy == DROP_OLDEST
+        for i in range(15):
+            outbox.append(TOPIC, {"i": i})
+        assert (outbox.depth, outbox.dropped) == (10, 5)
+        assert seqs(outbox, limit=100) == list(range(6, 16))
+    with Outbox(path, max_rows=10) as outbox:
+        assert (outbox.depth, outbox.dropped) == (10, 5)
+        outbox.append(TOPIC, {})
+        assert (outbox.depth, outbox.dropped) == (10, 6)
+
+
+def test_concurrent_appends_and_acks_lose_nothing(path: Path) -> None:
+    total = 400
+    acked: list[int] = []
+    done = threading.Event()
+    with Outbox(path, max_rows=10_000) as outbox:
+
+        def produce() -> None:
+            for i in range(total):
+                outbox.append(TOPIC, {"i": i})
+            done.set()
+
+        def consume() -> None:
+            deadline = time.monotonic() + 30
+            while len(acked) < total and time.monotonic() < deadline:
+                batch = seqs(outbox, after_seq=acked[-1] if acked else None, limit=25)
+                outbox.ack(*batch)
+                acked.extend(batch)
+
+        threads = [threading.Thread(target=fn, name=fn.__name__) for fn in (produce, consume)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert done.is_set()
+        assert acked == list(range(1, total + 1))
+        assert outbox.depth == 0
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload"),
+    [("", {}), ("movement/+/classification", {}), ("a/#", {}), (TOPIC, {"confidence": float("nan")})],
+    ids=["empty-topic", "wildcard-plus", "wildcard-hash", "nan"],
+)
+def test_append_refuses_what_mqtt_or_json_cannot_carry(path: Path, topic: str, payload: dict) -> None:
+    with Outbox(path, max_rows=10) as outbox:
+        with pytest.raises(ValueError):
+            outbox.append(topic, payload)
+        assert outbox.depth == 0
+        assert outbox.append(TOPIC, {}) == 1  # the refused append left no trace
+
+
+def test_closed_outbox_raises(path: Path) -> None:
+    outbox = Outbox(path, max_rows=10)
+    outbox.close()
+    outbox.close()  # idempotent
+    with pytest.raises(OutboxError, match="closed"):
+        outbox.append(TOPIC, {})
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not an SQLite database " * 200)
+
+
+def _damaged_pages(path: Path) -> None:
+    with Outbox(path, max_rows=1000) as outbox:
+        for i in range(300):
+            outbox.append(TOPIC, {"filler": "x" * 200, "i": i})
+    data = bytearray(path.read_bytes())
+    data[4096 * 2 : 4096 * 6] = b"\x5a" * (4096 * 4)  # the header survives, the b-tree pages do not
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_garbage, _damaged_pages], ids=["not-a-database", "damaged-pages"])
+def test_corrupt_file_raises_an_error_naming_the_path(path: Path, damage) -> None:
+    path.parent.mkdir(parents=True)
+    damage(path)
+    with pytest.raises(OutboxCorruptError, match=str(path)):
+        Outbox(path, max_rows=10)
+
+
+def test_open_or_reset_moves_a_corrupt_file_aside_and_starts_fresh(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    _garbage(path)
+    original = path.read_bytes()
+    with Outbox.open_or_reset(path, max_rows=10) as outbox:
+        assert outbox.depth == 0
+        assert outbox.append(TOPIC, {}) == 1
+    moved = [p for p in path.parent.iterdir() if p.name.startswith("outbox.sqlite.corrupt-")]
+    assert len(moved) == 1
+    assert moved[0].read_bytes() == original  # kept for inspection
+
+
+def test_open_or_reset_keeps_a_healthy_file(path: Path) -> None:
+    with Outbox(path, max_rows=10) as outbox:
+        outbox.append(TOPIC, {})
+    with Outbox.open_or_reset(path, max_rows=10) as outbox:
+        assert outbox.depth == 1
+    assert not list(path.parent.glob("*.corrupt-*"))
