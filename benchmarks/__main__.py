@@ -8,6 +8,8 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "features": "benchmarks.feature_bench",
     "pose": "benchmarks.pose_bench",
+    "dataset": "benchmarks.dataset_bench",
+    "train": "benchmarks.train_bench",
 }
 
 

@@ -166,6 +166,8 @@ def test_empty_points_is_all_nan() -> None:
 def test_the_demo_copy_of_the_body25_table_matches_the_original(data_dir: Path) -> None:
     """demo/data carries the table gzipped and rounded to 4 decimals, so `make demo` runs anywhere."""
     original = read_body25_table(data_dir / "keypoints" / "BodyPose_Dataset.csv")
-    demo = read_body25_table(Path(__file__).resolve().parents[1] / "demo" / "data" / "BodyPose_Dataset.csv.gz")
+    demo = read_body25_table(
+        Path(__file__).resolve().parents[1] / "demo" / "data" / "BodyPose_Dataset.csv.gz"
+    )
     assert demo.labels.tolist() == original.labels.tolist()
     np.testing.assert_allclose(demo.points, original.points, atol=5.1e-5, equal_nan=True)

@@ -10,11 +10,16 @@ from device.features import FeatureSpecError
 from device.keypoints import KeypointFileError
 from device.pose import PoseModelError
 from device.sources import SourceError
-from trainer import extract, features_command
+from trainer import dataset, export, extract, features_command, train
 
 COMMANDS: dict[str, Command] = {
     "extract": extract.COMMAND,
     "features": features_command.COMMAND,
+    "dataset": dataset.COMMAND,
+    "train": train.COMMAND,
+    "export": export.EXPORT,
+    "keygen": export.KEYGEN,
+    "verify": export.VERIFY,
 }
 
 

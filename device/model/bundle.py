@@ -1,0 +1,648 @@
+"""Signed model bundles: the manifest schema, Ed25519 keys, and the checks that admit a bundle.
+
+A bundle is a zip of exactly ``manifest.json``, ``manifest.sig`` (the raw 64-byte Ed25519
+signature of the manifest's bytes) and one model file (docs/trainer-contracts.md). The kiosk
+runs what it is sent, so :func:`open_bundle` trusts nothing before it has checked, in order:
+the zip is readable; sizes, both the real ones and those the zip declares (zip bombs); the
+member names (zip slip, symlinks, extras); the signature against the device's trusted keys;
+the manifest's schema; the model file's sha256; that this device is as new as the manifest's
+``min_device_version``. Only then is anything handed to a runtime. The manifest itself is not
+parsed before its signature verifies, so every trusted key is tried (a handful at most) rather
+than looking one up by the unverified ``key_id``, which must then match the key that verified.
+Every failure is a :class:`BundleError` naming the check, so an operator knows what was wrong.
+
+This module is imported by the daemon: it stays free of pandas, skops and the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from device import __version__ as DEVICE_VERSION
+from device.features import FeatureEngine, FeatureSpec, FeatureSpecError, WindowSpec, window_names
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+MODEL_FILES: Mapping[str, str] = MappingProxyType({"sklearn": "model.skops", "tflite": "model.tflite"})
+"""The model file of each runtime; a bundle holds exactly one."""
+SMOOTHING_KINDS: tuple[str, ...] = ("none", "majority", "hysteresis")
+NO_PERSON_POLICIES: tuple[str, ...] = ("skip", "reset")
+
+MAX_BUNDLE_SIZE = 64 * 1024 * 1024
+MAX_MODEL_SIZE = 64 * 1024 * 1024
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # 20 sample rows of a few thousand window columns fit easily
+SIGNATURE_SIZE = 64
+_S_IFMT, _S_IFLNK = 0o170000, 0o120000  # file-type bits of a zip entry's Unix mode
+
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+# model ids end up in file names and MQTT payloads on the device: keep them plain
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_VERSION = re.compile(r"\d+(\.\d+)*")
+
+
+class BundleError(ValueError):
+    """A bundle (or key) that fails one check; ``step`` names the check, e.g. ``signature``."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"2026.11.24.220000"`` -> ``(2026, 11, 24, 220000)``; anything but dotted integers is refused."""
+    if not isinstance(text, str) or not _VERSION.fullmatch(text):
+        raise ValueError(f"{text!r} is not a dotted-integer version such as 1.2.0")
+    return tuple(int(part) for part in text.split("."))
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as ``a`` is older than, equal to or newer than ``b``, numerically ("1.10" > "1.9")."""
+    left, right = parse_version(a), parse_version(b)
+    width = max(len(left), len(right))
+    left, right = left + (0,) * (width - len(left)), right + (0,) * (width - len(right))
+    return (left > right) - (left < right)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """First 16 hex digits of the SHA-256 of the raw 32-byte public key (the contract's key id)."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BundleError("key", f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """An unencrypted PKCS#8 PEM Ed25519 private key, as written by ``trainer keygen``."""
+    path = Path(path)
+    data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise BundleError("key", f"{path}: not an unencrypted PEM private key ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError("key", f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """A SubjectPublicKeyInfo PEM Ed25519 public key, as written by ``trainer keygen``."""
+    path = Path(path)
+    data = _read_key_file(path)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise BundleError("key", f"{path}: not a PEM public key ({exc})") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError("key", f"{path}: not an Ed25519 public key")
+    return key
+
+
+def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> bytes:
+    """The raw 64-byte signature stored as ``manifest.sig``."""
+    return private_key.sign(manifest_bytes)
+
+
+# --------------------------------------------------------------------------- manifest schema
+
+
+class _Invalid(ValueError):
+    """One manifest value that fails validation; :meth:`Manifest.from_dict` adds the key."""
+
+
+def _exact_keys(value: Any, keys: Iterable[str]) -> dict[str, Any]:
+    """``value`` as a dict with exactly ``keys``: a missing or unknown key is named."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected an object, got {type(value).__name__}")
+    keys = list(keys)
+    unknown = [k for k in value if k not in keys]
+    if unknown:
+        raise _Invalid(f"unknown key {unknown[0]!r}")
+    missing = [k for k in keys if k not in value]
+    if missing:
+        raise _Invalid(f"missing key {missing[0]!r}")
+    return value
+
+
+def _nested(key: str, parse: Callable[[Any], Any], value: Any) -> Any:
+    """Parse one member of a nested object, prefixing its key to any error."""
+    try:
+        return parse(value)
+    except _Invalid as exc:
+        raise _Invalid(f"{key}: {exc}") from None
+
+
+def _int(value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise _Invalid(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Invalid(f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any, pattern: re.Pattern[str] | None = None, choices: Iterable[str] = ()) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a non-empty string, got {type(value).__name__}")
+    choices = tuple(choices)
+    if choices and value not in choices:
+        raise _Invalid(f"{value!r} is not one of {', '.join(choices)}")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise _Invalid(f"{value!r} does not match {pattern.pattern}")
+    return value
+
+
+def _list(value: Any, item: Callable[[Any], Any], unique: bool = False) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected a list, got {type(value).__name__}")
+    items = tuple(_nested(f"[{i}]", item, v) for i, v in enumerate(value))
+    if unique and len(set(items)) != len(items):
+        duplicate = next(v for i, v in enumerate(items) if v in items[:i])
+        raise _Invalid(f"duplicate entry {duplicate!r}")
+    return items
+
+
+def _mapping(value: Any, item: Callable[[Any], Any]) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected an object, got {type(value).__name__}")
+    return MappingProxyType({_text(k): _nested(k, item, v) for k, v in value.items()})
+
+
+def _version(value: Any) -> str:
+    try:
+        parse_version(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value
+
+
+def _timestamp(value: Any) -> str:
+    _text(value)
+    try:
+        aware = datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        aware = False
+    if not aware:
+        raise _Invalid(f"{value!r} is not an ISO 8601 time with a UTC offset")
+    return value
+
+
+def _feature_spec(value: Any) -> FeatureSpec:
+    data = _exact_keys(value, FeatureSpec().to_dict())
+    try:
+        return FeatureSpec.from_dict(data)
+    except (ValueError, TypeError) as exc:  # FeatureSpecError, or a value of the wrong kind
+        raise _Invalid(str(exc)) from None
+
+
+def _window(value: Any) -> WindowSpec | None:
+    if value is None:
+        return None
+    data = _exact_keys(value, ("size", "stride", "flatten", "pool"))
+    try:
+        return WindowSpec(
+            size=_nested("size", _int, data["size"]),
+            stride=_nested("stride", _int, data["stride"]),
+            flatten=_nested("flatten", _bool, data["flatten"]),
+            pool=_nested("pool", lambda v: _list(v, _text, unique=True), data["pool"]),
+        )
+    except FeatureSpecError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _nullable_number(value: Any) -> float:
+    """A sample cell: JSON has no NaN, so a missing feature is written as ``null``."""
+    return math.nan if value is None else _number(value)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What runs before a TFLite model: NaN -> the imputer's fill value, per column."""
+
+    fill: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, value: Any) -> Preprocessing | None:
+        if value is None:
+            return None
+        data = _exact_keys(value, ("fill",))
+        return cls(fill=_nested("fill", lambda v: _list(v, _number), data["fill"]))
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    kind: str
+    k: int
+
+    @classmethod
+    def parse(cls, value: Any) -> Smoothing:
+        data = _exact_keys(value, ("kind", "k"))
+        return cls(
+            kind=_nested("kind", lambda v: _text(v, choices=SMOOTHING_KINDS), data["kind"]),
+            k=_nested("k", lambda v: _int(v, minimum=1), data["k"]),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How the device turns probabilities into a published label."""
+
+    threshold: float
+    smoothing: Smoothing
+    no_person: str
+
+    @classmethod
+    def parse(cls, value: Any) -> Decision:
+        data = _exact_keys(value, ("threshold", "smoothing", "no_person"))
+        threshold = _nested("threshold", _number, data["threshold"])
+        if not 0.0 <= threshold <= 1.0:
+            raise _Invalid(f"threshold: must be within 0..1, got {threshold}")
+        return cls(
+            threshold=threshold,
+            smoothing=_nested("smoothing", Smoothing.parse, data["smoothing"]),
+            no_person=_nested("no_person", lambda v: _text(v, choices=NO_PERSON_POLICIES), data["no_person"]),
+        )
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Rows (NaN where missing) and the probabilities the exporting runtime gave for them."""
+
+    rows: tuple[tuple[float, ...], ...]
+    probabilities: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def parse(cls, value: Any) -> Samples:
+        data = _exact_keys(value, ("rows", "probabilities"))
+        return cls(
+            rows=_nested("rows", lambda v: _list(v, lambda r: _list(r, _nullable_number)), data["rows"]),
+            probabilities=_nested(
+                "probabilities", lambda v: _list(v, lambda r: _list(r, _number)), data["probabilities"]
+            ),
+        )
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "schema_version": _int,
+    "model_id": lambda v: _text(v, _MODEL_ID),
+    "version": _version,
+    "created_at": _timestamp,
+    "key_id": lambda v: _text(v, _HEX16),
+    "runtime": lambda v: _text(v, choices=MODEL_FILES),
+    "model_file": lambda v: _text(v, choices=MODEL_FILES.values()),
+    "sha256": lambda v: _text(v, _SHA256),
+    "target": _text,
+    "feature_spec": _feature_spec,
+    "columns": lambda v: _list(v, _text, unique=True),
+    "labels": lambda v: _list(v, _text, unique=True),
+    "window": _window,
+    "preprocessing": Preprocessing.parse,
+    "decision": Decision.parse,
+    "metrics": lambda v: _mapping(v, _number),
+    "dataset_fingerprint": lambda v: _text(v, _FINGERPRINT),
+    "min_device_version": _version,
+    "library_versions": lambda v: _mapping(v, _text),
+    "samples": Samples.parse,
+}
+
+
+def _reject_constant(name: str) -> None:
+    raise _Invalid(f"{name} is not valid JSON")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A signed document must not say two things: a repeated key is refused, not last-one-wins."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Invalid(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` of a bundle, validated (docs/trainer-contracts.md)."""
+
+    schema_version: int
+    model_id: str
+    version: str
+    created_at: str
+    key_id: str
+    runtime: str
+    model_file: str
+    sha256: str
+    target: str
+    feature_spec: FeatureSpec
+    columns: tuple[str, ...]
+    labels: tuple[str, ...]
+    window: WindowSpec | None
+    preprocessing: Preprocessing | None
+    decision: Decision
+    metrics: Mapping[str, float]
+    dataset_fingerprint: str
+    min_device_version: str
+    library_versions: Mapping[str, str]
+    samples: Samples
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        """Parse and validate manifest bytes; errors are ``BundleError("manifest", ...)``."""
+        try:
+            document = json.loads(data, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+        except _Invalid as exc:
+            raise BundleError("manifest", str(exc)) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError("manifest", f"{MANIFEST} is not valid JSON ({exc})") from None
+        return cls.from_dict(document)
+
+    @classmethod
+    def from_dict(cls, document: Any) -> Manifest:
+        """Validate every key (refusing unknown and missing ones), then the keys against each other."""
+        try:
+            data = _exact_keys(document, (f.name for f in fields(cls)))
+            manifest = cls(**{key: _nested(key, parse, data[key]) for key, parse in _PARSERS.items()})
+            manifest._check_consistency()
+        except _Invalid as exc:
+            raise BundleError("manifest", str(exc)) from None
+        return manifest
+
+    def _check_consistency(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            raise _Invalid(f"schema_version {self.schema_version} is not supported (this device: 1)")
+        if self.model_file != MODEL_FILES[self.runtime]:
+            raise _Invalid(f"model_file: runtime {self.runtime} needs {MODEL_FILES[self.runtime]}")
+        if len(self.labels) < 2:
+            raise _Invalid("labels: a classifier needs at least 2 labels")
+        if (self.preprocessing is not None) != (self.runtime == "tflite"):
+            raise _Invalid("preprocessing: required for tflite, null for sklearn")
+        if self.preprocessing is not None and len(self.preprocessing.fill) != len(self.columns):
+            raise _Invalid(
+                f"preprocessing: fill has {len(self.preprocessing.fill)} values for "
+                f"{len(self.columns)} columns"
+            )
+        self._check_columns()
+        self._check_samples()
+
+    def _check_columns(self) -> None:
+        """The device must be able to compute every column the model reads."""
+        names = FeatureEngine(self.feature_spec).names
+        computable = set(names if self.window is None else window_names(names, self.window))
+        unknown = [c for c in self.columns if c not in computable]
+        if unknown:
+            where = "per frame" if self.window is None else "with this window"
+            raise _Invalid(f"columns: {unknown[0]!r} cannot be computed from feature_spec {where}")
+
+    def _check_samples(self) -> None:
+        rows, probabilities = self.samples.rows, self.samples.probabilities
+        if not rows or len(rows) != len(probabilities):
+            raise _Invalid("samples: need one or more rows and one probability vector per row")
+        if any(len(r) != len(self.columns) for r in rows):
+            raise _Invalid(f"samples: every row needs {len(self.columns)} values (one per column)")
+        if any(len(p) != len(self.labels) for p in probabilities):
+            raise _Invalid(f"samples: every probability vector needs {len(self.labels)} values")
+
+
+# --------------------------------------------------------------------------- reading a bundle
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle that passed every check; ``model_bytes`` is safe to hand to its runtime."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    model_bytes: bytes
+    signer: str  # key id of the trusted key that verified the signature
+
+
+def _read_source(source: str | Path | bytes, max_size: int) -> bytes:
+    """The whole bundle, read once: every check then sees the same bytes (no re-reads, no races)."""
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            with open(source, "rb") as handle:
+                data = handle.read(max_size + 1)
+        except OSError as exc:
+            raise BundleError("zip", f"{source}: cannot read ({exc.strerror})") from exc
+    if len(data) > max_size:
+        raise BundleError("size", f"bundle is larger than the limit of {max_size} bytes")
+    return data
+
+
+def _member_limit(name: str, max_model_size: int) -> int:
+    return {MANIFEST: MAX_MANIFEST_SIZE, SIGNATURE: SIGNATURE_SIZE}.get(name, max_model_size)
+
+
+def _check_sizes(infos: list[zipfile.ZipInfo], max_size: int, max_model_size: int) -> None:
+    """Declared uncompressed sizes, before anything is inflated: a zip bomb stops here."""
+    for info in infos:
+        limit = _member_limit(info.filename, max_model_size)
+        if info.file_size > limit:
+            raise BundleError(
+                "size", f"member {info.filename!r} declares {info.file_size} bytes " f"(limit {limit})"
+            )
+    total = sum(info.file_size for info in infos)
+    if total > max_size:
+        raise BundleError("size", f"members declare {total} bytes uncompressed (limit {max_size})")
+
+
+def _unsafe_name(info: zipfile.ZipInfo) -> bool:
+    name = info.filename
+    return (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or ":" in name
+        or ".." in name.split("/")
+        or info.is_dir()
+        or (info.external_attr >> 16) & _S_IFMT == _S_IFLNK
+    )
+
+
+def _check_layout(infos: list[zipfile.ZipInfo]) -> str:
+    """Exactly manifest, signature and one known model file; returns the model file's name."""
+    names = [info.filename for info in infos]
+    for info in infos:
+        if _unsafe_name(info):
+            raise BundleError("layout", f"member {info.filename!r} is not allowed")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise BundleError("layout", f"member {name!r} appears twice")
+    for required in (MANIFEST, SIGNATURE):
+        if required not in names:
+            raise BundleError("layout", f"missing member {required!r}")
+    models = [n for n in names if n not in (MANIFEST, SIGNATURE)]
+    extra = [n for n in models if n not in MODEL_FILES.values()]
+    if extra:
+        raise BundleError("layout", f"unexpected member {extra[0]!r}")
+    if len(models) > 1:
+        raise BundleError("layout", f"more than one model file: {', '.join(models)}")
+    if not models:
+        raise BundleError("layout", f"missing the model file ({' or '.join(MODEL_FILES.values())})")
+    return models[0]
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """Inflate at most ``limit + 1`` bytes, so a member lying about its size cannot blow up memory."""
+    try:
+        with archive.open(name) as handle:
+            data = handle.read(limit + 1)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
+        raise BundleError("zip", f"cannot read member {name!r} ({exc})") from exc
+    if len(data) > limit:
+        raise BundleError("size", f"member {name!r} is larger than the limit of {limit} bytes")
+    return data
+
+
+def _verify_signature(manifest_bytes: bytes, signature: bytes, trusted_keys: list[Ed25519PublicKey]) -> str:
+    """Try every trusted key; the manifest is not parsed before one of them verifies it."""
+    if not trusted_keys:
+        raise BundleError("signature", "no trusted keys to verify manifest.sig with")
+    if len(signature) != SIGNATURE_SIZE:
+        raise BundleError("signature", f"{SIGNATURE} is not a {SIGNATURE_SIZE}-byte Ed25519 signature")
+    for key in trusted_keys:
+        try:
+            key.verify(signature, manifest_bytes)
+        except InvalidSignature:
+            continue
+        return key_id(key)
+    raise BundleError("signature", f"{SIGNATURE} does not verify with any trusted key")
+
+
+def open_bundle(
+    source: str | Path | bytes,
+    trusted_keys: Iterable[Ed25519PublicKey],
+    max_size: int = MAX_BUNDLE_SIZE,
+    max_model_size: int = MAX_MODEL_SIZE,
+) -> VerifiedBundle:
+    """Check a bundle file (or its bytes) completely; raise :class:`BundleError` at the first failure."""
+    data = _read_source(source, max_size)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise BundleError("zip", f"not a readable zip file ({exc})") from exc
+    with archive:
+        infos = archive.infolist()
+        _check_sizes(infos, max_size, max_model_size)
+        model_file = _check_layout(infos)
+        manifest_bytes = _read_member(archive, MANIFEST, MAX_MANIFEST_SIZE)
+        signer = _verify_signature(
+            manifest_bytes, _read_member(archive, SIGNATURE, SIGNATURE_SIZE), list(trusted_keys)
+        )
+        manifest = Manifest.from_json(manifest_bytes)
+        if manifest.key_id != signer:
+            raise BundleError(
+                "signature", f"signed by key {signer}, but the manifest names {manifest.key_id}"
+            )
+        if manifest.model_file != model_file:
+            raise BundleError(
+                "layout", f"the manifest names {manifest.model_file}, the bundle has {model_file}"
+            )
+        model_bytes = _read_member(archive, model_file, max_model_size)
+    if hashlib.sha256(model_bytes).hexdigest() != manifest.sha256:
+        raise BundleError("hash", f"{model_file} sha256 mismatch")
+    if compare_versions(manifest.min_device_version, DEVICE_VERSION) > 0:
+        raise BundleError(
+            "compatibility",
+            f"the model needs device version {manifest.min_device_version} "
+            f"or newer (this device: {DEVICE_VERSION})",
+        )
+    return VerifiedBundle(manifest, manifest_bytes, model_bytes, signer)
+
+
+# --------------------------------------------------------------------------- writing a bundle
+
+
+def manifest_bytes_of(manifest: Mapping[str, Any]) -> bytes:
+    """The exact bytes that are signed: UTF-8 JSON, 2-space indent, no NaN (JSON has none)."""
+    return (json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def build_bundle(manifest: Mapping[str, Any], model_bytes: bytes, private_key: Ed25519PrivateKey) -> bytes:
+    """A signed bundle in memory. ``key_id`` and ``sha256`` are filled in from the key and the model.
+
+    The manifest is validated with the device's own schema first, so the trainer cannot sign
+    something a device would refuse; its keys are written in the contract's order.
+    """
+    filled = {**manifest, "key_id": key_id(private_key), "sha256": hashlib.sha256(model_bytes).hexdigest()}
+    order = {f.name: i for i, f in enumerate(fields(Manifest))}
+    encoded = manifest_bytes_of(dict(sorted(filled.items(), key=lambda item: order.get(item[0], len(order)))))
+    parsed = Manifest.from_json(encoded)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, payload in (
+            (MANIFEST, encoded),
+            (parsed.model_file, model_bytes),
+            (SIGNATURE, sign_manifest(encoded, private_key)),
+        ):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible bytes
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+            archive.writestr(info, payload)
+    return buffer.getvalue()
+
+
+def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write a file so that readers see the old content or the new, never half of it."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # whatever the umask or an older file said
+            handle.write(data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_bundle(
+    out_path: str | Path, manifest: Mapping[str, Any], model_bytes: bytes, private_key: Ed25519PrivateKey
+) -> Path:
+    """Build a bundle and write it atomically (temporary file + ``os.replace``): never half a zip."""
+    return write_atomic(out_path, build_bundle(manifest, model_bytes, private_key))

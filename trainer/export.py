@@ -1,0 +1,516 @@
+"""``python -m trainer keygen | export | verify``: signing keys, signed model bundles, and their check.
+
+``export`` turns a run directory (docs/trainer-contracts.md) into the bundle a kiosk accepts: an
+MLP becomes a TFLite model (checked against scikit-learn on every held-out row), any other model
+travels as the run's skops file. The manifest is validated by the device's own schema before it
+is signed, and the written bundle is opened exactly as a device would open it (signature, hash,
+runtime, smoke test) before export reports success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from device import __version__ as DEVICE_VERSION
+from device.cli import Command, ExitStatus, UsageError
+from device.features import POOLS, FeatureSpec, FeatureSpecError, WindowSpec
+from device.model.bundle import (
+    MODEL_FILES,
+    NO_PERSON_POLICIES,
+    SCHEMA_VERSION,
+    BundleError,
+    VerifiedBundle,
+    key_id,
+    load_private_key,
+    load_public_key,
+    open_bundle,
+    parse_version,
+    write_atomic,
+    write_bundle,
+)
+from device.model.runtimes import (
+    SAMPLE_TOLERANCE,
+    ModelRuntime,
+    SklearnRuntime,
+    TFLiteRuntime,
+    check_samples,
+    load_runtime,
+    load_skops,
+)
+from trainer.tflite import TFLiteConversionError, convert_pipeline, is_mlp_pipeline
+
+SAMPLE_ROWS = 20
+PRIVATE_KEY, PUBLIC_KEY = "signing.key", "signing.pub"
+_FLATTENED = re.compile(r"f\d+\.")
+
+
+# --------------------------------------------------------------------------- keygen
+
+KEYGEN_DESCRIPTION = """\
+Create an Ed25519 signing key pair: DIR/signing.key (PKCS#8 PEM, mode 0600; keep it on the
+workstation) and DIR/signing.pub (give it to the devices, which trust only the keys they hold).
+Prints the key id, the first 16 hex digits of the SHA-256 of the raw public key.
+
+Examples:
+  python -m trainer keygen --out ~/.movement-edge/keys
+  python -m trainer keygen --out keys --force      # replace an existing pair
+"""
+
+
+def add_keygen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the key pair")
+    parser.add_argument("--force", action="store_true", help="replace an existing key pair")
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    paths = (args.out / PRIVATE_KEY, args.out / PUBLIC_KEY)
+    existing = [p for p in paths if p.exists()]
+    if existing and not args.force:
+        raise UsageError(f"{existing[0]} exists; give --force to replace the key pair")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(paths[0], private_pem, mode=0o600)
+        write_atomic(paths[1], public_pem, mode=0o644)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write the key pair ({exc.strerror})") from exc
+    print(f"wrote {paths[0]} (private, 0600) and {paths[1]}")
+    print(f"key_id {key_id(key)}")
+    return ExitStatus.OK
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory's contents, checked against each other."""
+
+    directory: Path
+    info: dict[str, Any]  # run.json
+    model_bytes: bytes  # model.skops, exactly as evaluated
+    reference: SklearnRuntime  # the fitted pipeline
+    rows: np.ndarray  # test_rows.npz X
+    truth: np.ndarray  # test_rows.npz y
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.reference.labels
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.reference.columns
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data
+
+
+def _require(info: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path) -> Any:
+    """A run.json value of the expected JSON type, or a one-line error naming file and key."""
+    if key not in info:
+        raise UsageError(f"{path}: missing key {key!r}")
+    if not isinstance(info[key], kind):
+        raise UsageError(f"{path}: {key!r} has the wrong type ({type(info[key]).__name__})")
+    return info[key]
+
+
+def _read_run_json(directory: Path) -> dict[str, Any]:
+    path = directory / "run.json"
+    info = _read_json(path)
+    if info.get("format") != 1:
+        raise UsageError(f"{path}: unsupported format {info.get('format')!r} (expected 1)")
+    if info.get("feature_spec", {}) is None:
+        raise UsageError(
+            f"{path}: feature_spec is null (the dataset had no .meta.json), so a device cannot "
+            "compute the model's columns"
+        )
+    for key, kind in (("target", str), ("labels", list), ("columns", list), ("feature_spec", dict)):
+        _require(info, key, kind, path)
+    _require(info, "window", (dict, type(None)), path)
+    dataset = _require(info, "dataset", dict, path)
+    _require(dataset, "fingerprint", str, path)
+    versions = _require(info, "versions", dict, path)
+    try:
+        info["feature_spec"] = FeatureSpec.from_dict(info["feature_spec"]).to_dict()
+        if info["window"] is not None:
+            info["window"] = WindowSpec.from_dict(info["window"]).to_dict()
+    except (FeatureSpecError, KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: bad feature_spec or window ({exc})") from exc
+    info["versions"] = {str(k): str(v) for k, v in versions.items()}
+    return info
+
+
+def _read_test_rows(path: Path, width: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            rows, truth = np.asarray(archive["X"], dtype=np.float64), archive["y"]
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (KeyError, ValueError, TypeError) as exc:  # missing array, pickled objects, non-numeric X
+        raise UsageError(f"{path}: expected arrays X (float) and y (labels) ({exc})") from exc
+    if rows.ndim != 2 or rows.shape[1] != width or not len(rows):
+        raise UsageError(
+            f"{path}: X has shape {rows.shape}, expected (n >= 1, {width}) for the run's columns"
+        )
+    if truth.shape != (len(rows),) or truth.dtype.kind != "U":
+        raise UsageError(f"{path}: y must hold one label string per row of X")
+    return rows, truth
+
+
+def read_run(directory: Path) -> Run:
+    """Read and cross-check ``run.json``, ``model.skops`` and ``test_rows.npz``."""
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: not a run directory")
+    info = _read_run_json(directory)
+    model_path = directory / MODEL_FILES["sklearn"]
+    try:
+        model_bytes = model_path.read_bytes()
+        pipeline = load_skops(model_bytes, str(model_path))
+    except OSError as exc:
+        raise UsageError(f"{model_path}: cannot read ({exc.strerror})") from exc
+    except BundleError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        reference = SklearnRuntime(pipeline, info["labels"], info["columns"])
+    except BundleError as exc:
+        raise UsageError(f"{model_path} and run.json disagree: {exc.message}") from exc
+    rows, truth = _read_test_rows(directory / "test_rows.npz", len(reference.columns))
+    return Run(directory, info, model_bytes, reference, rows, truth)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """What goes into the bundle for one runtime, and that runtime, to compute the samples with."""
+
+    runtime: str
+    content: bytes
+    executor: ModelRuntime
+    preprocessing: dict[str, Any] | None
+    library_versions: dict[str, str]
+
+
+def _export_sklearn(run: Run) -> ExportedModel:
+    return ExportedModel("sklearn", run.model_bytes, run.reference, None, run.info["versions"])
+
+
+def _export_tflite(run: Run) -> ExportedModel:
+    """Convert the pipeline and refuse the result unless it matches scikit-learn on every test row."""
+    try:
+        converted = convert_pipeline(run.reference.pipeline)
+    except TFLiteConversionError as exc:
+        raise UsageError(
+            f"{run.directory / MODEL_FILES['sklearn']}: cannot convert to TFLite ({exc})"
+        ) from exc
+    executor = TFLiteRuntime(converted.content, run.labels, run.columns, converted.fill)
+    error = float(np.max(np.abs(executor.predict_proba(run.rows) - run.reference.predict_proba(run.rows))))
+    if not error <= SAMPLE_TOLERANCE:
+        raise UsageError(
+            f"the TFLite model differs from scikit-learn by {error:.3g} on the test rows "
+            f"(tolerance {SAMPLE_TOLERANCE:g}); export with --runtime sklearn instead"
+        )
+    print(f"TFLite vs scikit-learn on {len(run.rows)} test rows: max |difference| {error:.2g}")
+    versions = {**run.info["versions"], "ai_edge_litert": package_version("ai-edge-litert")}
+    return ExportedModel("tflite", converted.content, executor, {"fill": list(converted.fill)}, versions)
+
+
+EXPORTERS: dict[str, Callable[[Run], ExportedModel]] = {"sklearn": _export_sklearn, "tflite": _export_tflite}
+"""One exporter per device runtime (the keys of ``bundle.MODEL_FILES``)."""
+
+
+def _runtime_name(run: Run, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "tflite" if is_mlp_pipeline(run.reference.pipeline) else "sklearn"
+
+
+def _window_layout(columns: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
+    """Whether the columns are flattened window features, and which pooled statistics they use."""
+    flatten = any(_FLATTENED.match(c) for c in columns)
+    return flatten, tuple(p for p in POOLS if any(c.startswith(f"{p}.") for c in columns))
+
+
+def _window(run: Run, size: int | None, stride: int | None) -> dict[str, Any] | None:
+    """The run's window, or the one given with --window/--stride (e.g. for split_on_label clips)."""
+    window = run.info["window"]
+    flatten, pool = (window["flatten"], tuple(window["pool"])) if window else _window_layout(run.columns)
+    if size is None:
+        if stride is not None:
+            raise UsageError("--stride needs --window W")
+        if window is None and (flatten or pool):
+            raise UsageError(
+                f"{run.directory / 'run.json'}: the model reads window features but the run has no "
+                "window; give --window W --stride S"
+            )
+        return window
+    if not (flatten or pool):
+        raise UsageError("--window: the model reads per-frame features; it has no window")
+    try:
+        default_stride = window["stride"] if window else 1
+        return WindowSpec(size, default_stride if stride is None else stride, flatten, pool).to_dict()
+    except FeatureSpecError as exc:
+        raise UsageError(f"--window/--stride: {exc}") from exc
+
+
+def _smoothing(text: str) -> dict[str, Any]:
+    """``none``, ``majority:K`` or ``hysteresis`` as the manifest's ``{"kind", "k"}``.
+
+    Only majority voting has a window count; the device's hysteresis works on its configured
+    enter/exit probabilities, so its ``k`` (like ``none``'s) is 1.
+    """
+    kind, colon, count = text.partition(":")
+    if kind in ("none", "hysteresis") and not colon:
+        return {"kind": kind, "k": 1}
+    if kind != "majority":
+        raise UsageError(f"--smoothing {text!r}: expected none, majority:K or hysteresis")
+    if not count.isdigit() or int(count) < 1:
+        raise UsageError(f"--smoothing {text!r}: K must be a whole number >= 1")
+    return {"kind": kind, "k": int(count)}
+
+
+def _decision(args: argparse.Namespace) -> dict[str, Any]:
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be within 0..1, got {args.threshold}")
+    return {"threshold": args.threshold, "smoothing": _smoothing(args.smoothing), "no_person": args.no_person}
+
+
+def _metrics(run: Run, probabilities: np.ndarray) -> dict[str, float]:
+    """Held-out scores of the model exactly as the device will run it."""
+    predicted = np.asarray(run.labels)[np.argmax(probabilities, axis=1)]
+    labels = list(run.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # labels absent from the test rows
+        return {
+            "macro_f1": float(
+                f1_score(run.truth, predicted, labels=labels, average="macro", zero_division=0)
+            ),
+            "accuracy": float(accuracy_score(run.truth, predicted)),
+            "balanced_accuracy": float(balanced_accuracy_score(run.truth, predicted)),
+        }
+
+
+def _samples(rows: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """The smoke-test sample; JSON has no NaN, so missing features are ``null``."""
+    cells = [[None if np.isnan(v) else float(v) for v in row] for row in rows[:SAMPLE_ROWS]]
+    return {"rows": cells, "probabilities": probabilities[:SAMPLE_ROWS].tolist()}
+
+
+def _version(text: str | None, now: datetime) -> str:
+    if text is None:
+        return now.strftime("%Y.%m.%d.%H%M%S")
+    try:
+        parse_version(text)
+    except ValueError as exc:
+        raise UsageError(f"--version: {exc}") from exc
+    return text
+
+
+def build_manifest(run: Run, model: ExportedModel, options: dict[str, Any]) -> dict[str, Any]:
+    """The manifest (without ``key_id`` and ``sha256``, which signing fills in).
+
+    ``options`` holds the command line's ``model_id``, ``version``, ``created_at``, ``window`` and
+    ``decision``, checked before the model was loaded and converted.
+    """
+    probabilities = model.executor.predict_proba(run.rows)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model_id": options["model_id"],
+        "version": options["version"],
+        "created_at": options["created_at"],
+        "runtime": model.runtime,
+        "model_file": MODEL_FILES[model.runtime],
+        "target": run.info["target"],
+        "feature_spec": run.info["feature_spec"],
+        "columns": list(run.columns),
+        "labels": list(run.labels),
+        "window": options["window"],
+        "preprocessing": model.preprocessing,
+        "decision": options["decision"],
+        "metrics": _metrics(run, probabilities),
+        "dataset_fingerprint": run.info["dataset"]["fingerprint"],
+        "min_device_version": DEVICE_VERSION,
+        "library_versions": model.library_versions,
+        "samples": _samples(run.rows, probabilities),
+    }
+
+
+def _output_path(path: Path) -> Path:
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a .zip file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: folder {path.parent} does not exist")
+    return path
+
+
+def _check_written(path: Path, public_key: Ed25519PublicKey) -> VerifiedBundle:
+    """Open the written bundle as a device would; remove it if a device would refuse it."""
+    try:
+        bundle = open_bundle(path, [public_key])
+        check_samples(load_runtime(bundle), bundle.manifest)
+    except BundleError as exc:
+        path.unlink(missing_ok=True)
+        raise UsageError(f"{path}: the written bundle fails verification ({exc}); removed it") from exc
+    return bundle
+
+
+EXPORT_DESCRIPTION = """\
+Package a run directory (model.skops, run.json, test_rows.npz from `train`) as a signed bundle
+for the devices. An MLP pipeline becomes a TFLite model, checked against scikit-learn on every
+held-out row (max difference 1e-5); any other model ships as the run's skops file
+(`--runtime tflite` also converts a logistic regression, `--runtime sklearn` keeps an MLP as
+skops). The bundle is verified with the key's public half before success is reported; on any
+error nothing is written.
+
+Examples:
+  python -m trainer export runs/weight-transfer --out model.zip --key keys/signing.key
+  python -m trainer export runs/step --out step.zip --key keys/signing.key \\
+      --model-id step-type --smoothing majority:5 --threshold 0.6
+  python -m trainer export runs/clips --out clips.zip --key keys/signing.key --window 30 --stride 5
+"""
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory written by `train`")
+    parser.add_argument("--out", type=Path, required=True, help="bundle to write (.zip)")
+    parser.add_argument("--key", type=Path, required=True, help="signing key (signing.key from `keygen`)")
+    parser.add_argument("--model-id", help="model id on the devices (default: the target column)")
+    parser.add_argument("--version", help="dotted-integer version (default: UTC time YYYY.MM.DD.HHMMSS)")
+    parser.add_argument("--window", type=int, metavar="W", help="frames per window (default: the run's)")
+    parser.add_argument(
+        "--stride", type=int, metavar="S", help="frames between windows (default: the run's, or 1)"
+    )
+    parser.add_argument("--threshold", type=float, default=0.0, help="minimum confidence to publish a label")
+    parser.add_argument(
+        "--smoothing", default="none", help="none | majority:K (vote of the last K windows) | hysteresis"
+    )
+    parser.add_argument("--no-person", choices=NO_PERSON_POLICIES, default="skip", help="when nobody is seen")
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", *MODEL_FILES),
+        default="auto",
+        help="device runtime (default auto: tflite for an MLP, sklearn otherwise)",
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    try:
+        private_key = load_private_key(args.key)
+    except BundleError as exc:
+        raise UsageError(f"--key {exc.message}") from exc
+    out = _output_path(args.out)
+    now = datetime.now(UTC).replace(microsecond=0)
+    options = {
+        "version": _version(args.version, now),
+        "created_at": now.isoformat(),
+        "decision": _decision(args),
+    }
+    run = read_run(args.run_dir)  # the slow part: loading the skops file
+    options |= {
+        "model_id": args.model_id or run.info["target"],
+        "window": _window(run, args.window, args.stride),
+    }
+    model = EXPORTERS[_runtime_name(run, args.runtime)](run)
+    try:
+        write_bundle(out, build_manifest(run, model, options), model.content, private_key)
+    except BundleError as exc:
+        raise UsageError(f"{args.run_dir}: the device would refuse this bundle ({exc})") from exc
+    bundle = _check_written(out, private_key.public_key())
+    shown = bundle.manifest
+    print(
+        f"wrote {out}: {shown.model_id} {shown.version} ({shown.runtime}, {len(shown.labels)} labels, "
+        f"{len(shown.columns)} columns), signed by key {bundle.signer}; verified"
+    )
+    return ExitStatus.OK
+
+
+# --------------------------------------------------------------------------- verify
+
+VERIFY_DESCRIPTION = """\
+Check a bundle exactly as a device does: zip layout and sizes, the signature against the given
+public keys, the manifest schema, the model's sha256, loading the model, and the smoke test on
+the manifest's sample rows. Prints the manifest (samples elided) and OK, or the failing check.
+
+Examples:
+  python -m trainer verify model.zip --pub keys/signing.pub
+  python -m trainer verify model.zip --pub old/signing.pub --pub new/signing.pub
+"""
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="bundle to check (.zip)")
+    parser.add_argument(
+        "--pub", type=Path, action="append", required=True, help="trusted public key (repeatable)"
+    )
+
+
+def _public_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
+    try:
+        return [load_public_key(p) for p in paths]
+    except BundleError as exc:
+        raise UsageError(f"--pub {exc.message}") from exc
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    keys = _public_keys(args.pub)
+    try:
+        bundle = open_bundle(args.bundle, keys)
+        error = check_samples(load_runtime(bundle), bundle.manifest)
+    except BundleError as exc:
+        raise UsageError(f"{args.bundle}: {exc}") from exc
+    shown = json.loads(bundle.manifest_bytes)
+    shown["samples"] = f"<{len(bundle.manifest.samples.rows)} sample rows elided>"
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    print(f"signed by key {bundle.signer}; samples reproduced within {error:.2g}")
+    print("OK")
+    return ExitStatus.OK
+
+
+KEYGEN = Command(
+    help="create an Ed25519 signing key pair for bundles",
+    description=KEYGEN_DESCRIPTION,
+    add_arguments=add_keygen_arguments,
+    run=run_keygen,
+)
+EXPORT = Command(
+    help="package a run directory as a signed model bundle",
+    description=EXPORT_DESCRIPTION,
+    add_arguments=add_export_arguments,
+    run=run_export,
+)
+VERIFY = Command(
+    help="check a model bundle as a device does",
+    description=VERIFY_DESCRIPTION,
+    add_arguments=add_verify_arguments,
+    run=run_verify,
+)

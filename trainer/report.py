@@ -1,0 +1,187 @@
+"""``RUN_DIR/report.html``: one self-contained page a person can read or attach to an issue.
+
+Pictures are PNGs rendered with matplotlib's Agg canvas (no display, no pyplot global state) and
+embedded as base64 data URIs, so the page has no side files and opens anywhere. Every piece of
+text from the run — labels, column names, paths — is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterable
+from html import escape
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+MAX_ANNOTATED_CLASSES = 30  # beyond this, the counts in the confusion matrix cells become unreadable
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+img { max-width: 100%; }
+.note { color: #666; }
+"""
+
+
+def render(run: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The whole page for a run (``run.json``) and its evaluation (``metrics.json``)."""
+    title = f"{run['model']} on {run['target']}"
+    sections = [
+        f"<h1>{escape(title)}</h1>",
+        f"<p class=note>created {escape(run['created_at'])}</p>",
+        "<h2>Run settings</h2>",
+        _table(["setting", "value"], _settings(run)),
+        "<h2>Held-out metrics</h2>",
+        _table(["metric", "value"], _metric_rows(metrics)),
+        "<h2>Confusion matrix</h2>",
+        "<p class=note>rows: true label; columns: predicted label; colour: share of the true label</p>",
+        _image(_confusion_figure(metrics["confusion_matrix"]), "confusion matrix"),
+        "<h2>Per-class precision, recall and F1</h2>",
+        _image(_per_class_figure(metrics["per_class"]), "per-class precision, recall and F1"),
+        _table(["class", "precision", "recall", "F1", "support"], _per_class_rows(metrics["per_class"])),
+        "<h2>Feature importance</h2>",
+        *_importance_section(metrics["importance"]),
+    ]
+    body = "\n".join(sections)
+    return (
+        "<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n"
+        f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _settings(run: dict[str, Any]) -> list[tuple[str, str]]:
+    split = run["split"]
+    search = run["search"]
+    return [
+        ("target", run["target"]),
+        ("model", run["model"]),
+        ("classes", f"{len(run['labels'])}: {', '.join(run['labels'])}"),
+        ("features", str(len(run["columns"]))),
+        ("dataset", run["dataset"]["path"]),
+        ("dataset rows", str(run["dataset"]["rows"])),
+        ("fingerprint", run["dataset"]["fingerprint"]),
+        ("split", f"{split['kind']}, test size {split['test_size']}, {split['cv'] or 'no'} CV folds"),
+        ("balance", run["balance"] or "none"),
+        ("search", f"{search['kind']}, {search['iterations']} candidates" if search else "none"),
+        ("seed", str(run["seed"])),
+        ("preparation", json.dumps(run["preparation"])),
+        ("parameters", json.dumps(run["params"])),
+        ("feature spec", "recorded" if run["feature_spec"] else "none (export will refuse this run)"),
+        ("window", json.dumps(run["window"])),
+        ("versions", ", ".join(f"{k} {v}" for k, v in run["versions"].items())),
+    ]
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    roc = "n/a" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
+    rows = [
+        ("accuracy", f"{metrics['accuracy']:.4f}"),
+        ("balanced accuracy", f"{metrics['balanced_accuracy']:.4f}"),
+        ("macro F1", f"{metrics['macro_f1']:.4f}"),
+        ("ROC-AUC", roc + (f" ({metrics['roc_auc_note']})" if metrics["roc_auc_note"] else "")),
+        ("MCC", f"{metrics['mcc']:.4f}"),
+    ]
+    cv = metrics["cv"]
+    if cv is None:
+        rows.append(("cross-validation", "not run"))
+    else:
+        for name in ("macro_f1", "balanced_accuracy"):
+            rows.append((f"CV {name.replace('_', ' ')}", f"{cv[name]['mean']:.4f} ± {cv[name]['std']:.4f}"))
+        rows.append(("CV source", f"{cv['folds']} folds of the training part; {cv['source']}"))
+    sizes = metrics["sizes"]
+    rows += [
+        (name.replace("_", " "), "n/a" if value is None else str(value)) for name, value in sizes.items()
+    ]
+    rows += [(f"{name} seconds", f"{value:.2f}") for name, value in metrics["seconds"].items()]
+    return rows
+
+
+def _per_class_rows(per_class: dict[str, dict[str, float]]) -> list[tuple[str, ...]]:
+    return [
+        (label, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", str(s["support"]))
+        for label, s in per_class.items()
+    ]
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(value)}</td>" for value in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _importance_section(importance: dict[str, Any]) -> list[str]:
+    if not importance["top"]:
+        return [f"<p class=note>{escape(importance['note'] or 'no importance available')}</p>"]
+    names = [name for name, _ in importance["top"]]
+    values = [value for _, value in importance["top"]]
+    return [
+        f"<p class=note>top {len(names)} features; method: {escape(importance['method'])}</p>",
+        _image(_importance_figure(names, values), "feature importance"),
+        _table(["feature", "importance"], [(n, f"{v:.4g}") for n, v in importance["top"]]),
+    ]
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def _image(figure: Figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<p><img alt="{escape(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _confusion_figure(confusion: dict[str, Any]) -> Figure:
+    labels, counts = confusion["labels"], np.asarray(confusion["matrix"], dtype=float)
+    n = len(labels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+    side = max(4.0, 0.45 * n + 2.5)
+    figure = Figure(figsize=(side + 1, side), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of true label")
+    axes.set_xticks(range(n), labels, rotation=90)
+    axes.set_yticks(range(n), labels)
+    axes.set_xlabel("predicted label")
+    axes.set_ylabel("true label")
+    if n <= MAX_ANNOTATED_CLASSES:
+        for (row, col), value in np.ndenumerate(counts):
+            if value:
+                colour = "white" if share[row, col] > 0.5 else "black"
+                axes.text(col, row, f"{int(value)}", ha="center", va="center", fontsize=8, color=colour)
+    return figure
+
+
+def _per_class_figure(per_class: dict[str, dict[str, float]]) -> Figure:
+    labels = list(per_class)
+    positions = np.arange(len(labels))
+    figure = Figure(figsize=(8, max(2.5, 0.5 * len(labels) + 1)), layout="constrained")
+    axes = figure.add_subplot()
+    for offset, score in zip((-0.27, 0.0, 0.27), ("precision", "recall", "f1"), strict=True):
+        axes.barh(positions + offset, [per_class[c][score] for c in labels], height=0.27, label=score)
+    axes.set_yticks(positions, labels)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("score on the held-out rows")
+    figure.legend(loc="outside upper center", ncols=3, fontsize=8)
+    return figure
+
+
+def _importance_figure(names: list[str], values: list[float]) -> Figure:
+    figure = Figure(figsize=(8, max(2.5, 0.3 * len(names) + 1)), layout="constrained")
+    axes = figure.add_subplot()
+    axes.barh(np.arange(len(names)), values, color="#4c72b0")
+    axes.set_yticks(np.arange(len(names)), names, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel("importance")
+    return figure
