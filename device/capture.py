@@ -231,15 +231,17 @@ class Capture:
             self._status.set_camera("running", getattr(source, "name", ""), "")
             log.info("source open", extra={"source": getattr(source, "name", "")})
             try:
+                began = time.monotonic()
                 for frame in source:
-                    began = time.monotonic()
+                    # the stage's time is reading and decoding, not waiting for the pipeline
+                    self._status.record_stage("capture", time.monotonic() - began)
                     dropped_before = self.slot.dropped
                     self.slot.put(frame, self._stop)
                     self._status.count("frames_captured")
                     if self.slot.dropped != dropped_before:
                         self._status.count("frames_dropped")
-                    self._status.record_stage("capture", time.monotonic() - began)
                     backoff = self._settings.reconnect_initial_s
+                    began = time.monotonic()
                     if self._stop.is_set():
                         break
                 else:

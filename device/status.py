@@ -110,7 +110,7 @@ class StatusBoard:
             times = self._stages[stage]
             times.durations.append(seconds)
             times.stamps.append(now)
-            if stage == "capture":
+            if stage == "pose":  # a frame made it through pose: the pipeline is alive, not just the camera
                 self._last_frame_at = now
 
     def count(self, name: str, n: int = 1) -> None:
@@ -170,7 +170,11 @@ class StatusBoard:
             return self._view
 
     def frames_flowing(self, max_age_s: float = 5.0) -> bool:
-        """Did a frame arrive recently? (``/healthz`` and the systemd watchdog ask.)"""
+        """Did a frame get through pose recently? (``/healthz`` and the systemd watchdog ask.)
+
+        Counting processed rather than captured frames means a hung pipeline fails the health
+        check too, and systemd's watchdog restarts it.
+        """
         with self._lock:
             last = self._last_frame_at
         return last is not None and self._clock() - last <= max_age_s

@@ -344,7 +344,7 @@ def _add_monitoring(app: Flask, status: StatusBoard) -> None:
     def healthz() -> Response:
         reasons = []
         if not status.frames_flowing(FRAME_MAX_AGE_S):
-            reasons.append(f"no camera frame in the last {FRAME_MAX_AGE_S:g} s")
+            reasons.append(f"no frame processed in the last {FRAME_MAX_AGE_S:g} s")
         if status.model is None:
             reasons.append("no model loaded")
         if reasons:

@@ -1,0 +1,306 @@
+"""The kiosk daemon: capture → pose → window → features → model → outbox → MQTT, plus the web page.
+
+Data flows one way through named threads: the capture thread fills a one-frame slot; the
+pipeline thread runs pose, the rolling window and the classifier, writes every classification to
+the SQLite outbox *before* handing it to the publisher, and updates the status board; the
+publisher's own thread drains the outbox to the broker; waitress serves the page from the board.
+
+Lifecycle is explicit (:meth:`Daemon.start`, :meth:`Daemon.run`, :meth:`Daemon.stop`): a flat list
+of start steps and an ordered stop that joins every thread, publishes ``stopped``, flushes and
+closes the database. Loops wait with timeouts and check one stop event, so SIGTERM never has to
+become SIGKILL. Nothing opens a camera or a connection at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from device import __version__
+from device.capture import Capture, open_source
+from device.classifier import Classifier, LoadedModel, Smoother
+from device.config import Config, SmoothingSection
+from device.model.bundle import BundleError, compare_versions, load_public_key, open_bundle
+from device.model.runtimes import check_samples, load_runtime
+from device.outbox import Outbox, OutboxError
+from device.pose import PoseEstimator, PoseOptions, main_pose
+from device.publisher import MqttPublisher
+from device.sources import Frame
+from device.status import LiveView, StatusBoard
+from device.systemd import Notifier
+from device.web import WebServer, create_app
+from device.window import RollingWindow
+
+log = logging.getLogger("device.daemon")
+
+_FRAME_WAIT_S = 0.5  # how long the pipeline waits for a frame before checking the stop event
+_HOUSEKEEPING_S = 1.0  # status, watchdog and outbox gauges
+
+
+@dataclass(frozen=True)
+class Active:
+    """What the pipeline runs now; replaced as a whole, so a model switch is one assignment."""
+
+    model: LoadedModel
+    classifier: Classifier
+    window: RollingWindow
+
+
+class Daemon:
+    """One running kiosk; build it with :func:`build`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        opener: Callable = open_source,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.status = StatusBoard(config.device.id)
+        self.capture = Capture(config.source, config.capture, self.status, opener)
+        self.notifier = notifier or Notifier()
+        self.outbox: Outbox | None = None
+        self.publisher: MqttPublisher | None = None
+        self.web: WebServer | None = None
+        self._active: Active | None = None
+        self._stop = threading.Event()
+        self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
+        self._ready_sent = False
+        self._person_present: bool | None = None
+        self._last_prediction_payload: dict | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Open the outbox, connect MQTT (in the background), load the model, start the threads."""
+        config = self.config
+        config.device.state_dir.mkdir(parents=True, exist_ok=True)
+        if config.mqtt.enabled:
+            self.outbox = Outbox.open_or_reset(config.outbox_path, max_rows=config.outbox.max_rows)
+            self.publisher = MqttPublisher(config.mqtt, config.device.id, self.outbox, self.status)
+            self.publisher.start()
+        if config.model.bundle is not None:
+            self.install_bundle(config.model.bundle)
+        self.capture.start()
+        self._pipeline.start()
+        if config.http.enabled:
+            app = create_app(
+                self.status,
+                token_sha256=self._token_sha256(),
+                max_upload_mb=config.http.max_upload_mb,
+                device_name=config.device.name,
+            )
+            self.web = WebServer(app, str(config.http.bind), config.http.port)
+            self.web.start()
+        log.info(
+            "daemon started",
+            extra={"device_id": config.device.id, "version": __version__, "http_port": self.http_port},
+        )
+
+    @property
+    def http_port(self) -> int | None:
+        return self.web.port if self.web is not None else None
+
+    def run(self) -> None:
+        """Block until :meth:`request_stop`; meanwhile keep systemd and the status board current."""
+        watchdog = self.notifier.watchdog_interval_s() or _HOUSEKEEPING_S
+        while not self._stop.wait(min(watchdog, _HOUSEKEEPING_S)):
+            self._housekeeping()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return (safe from a signal handler)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Ordered shutdown: capture, pipeline, web, then publish ``stopped``, flush, close the database."""
+        self._stop.set()
+        self.notifier.notify("STOPPING=1")
+        self.capture.stop()
+        if self._pipeline.is_alive():
+            self._pipeline.join(10)
+        if self.web is not None:
+            self.web.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+        log.info("daemon stopped", extra={"device_id": self.config.device.id})
+
+    def _housekeeping(self) -> None:
+        flowing = self.status.frames_flowing()
+        if self.outbox is not None:
+            self.status.set_outbox(self.outbox.depth, self.outbox.dropped)
+        if not self._ready_sent and self._active is not None and flowing:
+            self._ready_sent = self.notifier.notify("READY=1")
+        if flowing:  # systemd restarts us if frames stop for longer than WatchdogSec
+            self.notifier.notify("WATCHDOG=1")
+        snapshot = self.status.snapshot()
+        stages, camera = snapshot["stages"], snapshot["camera"]["state"]
+        self.notifier.notify(
+            f"STATUS=camera {camera}; pose {stages['pose']['fps']} fps; "
+            f"classify {stages['classify']['fps']} /s; model "
+            + (self._active.model.info.version if self._active else "none")
+        )
+
+    def _token_sha256(self) -> str | None:
+        http = self.config.http
+        if http.token_sha256:
+            return http.token_sha256
+        if http.token:
+            return hashlib.sha256(http.token.encode()).hexdigest()
+        return None
+
+    # ------------------------------------------------------------------ models
+
+    def install_bundle(self, source: Path | bytes, force: bool = False) -> LoadedModel | None:
+        """Verify, load and smoke-test a bundle, then switch to it; on failure keep the old model.
+
+        Returns the new model, or None when it was rejected (the reason is on the status board
+        and in ``model/state``).
+        """
+        name = str(source) if isinstance(source, Path) else "uploaded bundle"
+        try:
+            keys = [load_public_key(path) for path in self.config.model.trusted_keys]
+            bundle = open_bundle(source, keys)
+            current = self._active.model.info.version if self._active else None
+            if current and not force and compare_versions(bundle.manifest.version, current) < 0:
+                raise BundleError("version", f"{bundle.manifest.version} is older than {current}; use force")
+            if compare_versions(__version__, bundle.manifest.min_device_version) < 0:
+                raise BundleError("version", f"needs device {bundle.manifest.min_device_version}")
+            runtime = load_runtime(bundle)
+            check_samples(runtime, bundle.manifest)
+            model = LoadedModel(bundle, runtime)
+        except (BundleError, ValueError, OSError) as exc:
+            log.error("model rejected", extra={"bundle": name, "reason": str(exc)})
+            self.status.mark_model("rejected", str(exc))
+            self._publish_model_state("rejected", str(exc))
+            return None
+        self._switch(model)
+        return model
+
+    def _switch(self, model: LoadedModel) -> None:
+        decision = model.manifest.decision
+        override: SmoothingSection | None = self.config.model.smoothing
+        smoother = (
+            Smoother(override.kind, override.k, override.enter, override.exit)
+            if override
+            else Smoother(decision.smoothing.kind, decision.smoothing.k)
+        )
+        no_person = self.config.model.no_person or decision.no_person
+        window = RollingWindow(model.window_size, model.stride, no_person)
+        self._active = Active(model, Classifier(model, smoother), window)
+        self.status.set_model(model.info)
+        self._publish_model_state("ok", "")
+        log.info("model active", extra={"model_id": model.info.model_id, "version": model.info.version})
+
+    def _publish_model_state(self, state: str, detail: str) -> None:
+        if self.publisher is None:
+            return
+        info = self._active.model.info if self._active else None
+        self.publisher.set_model_state(
+            {
+                "id": info.model_id if info else None,
+                "version": info.version if info else None,
+                "sha256": info.sha256 if info else None,
+                "status": state,
+                "detail": detail,
+            }
+        )
+
+    # ------------------------------------------------------------------ the pipeline
+
+    def _run_pipeline(self) -> None:
+        pose = self.config.pose
+        options = PoseOptions(
+            model_path=pose.model,
+            num_poses=pose.num_poses,
+            min_detection_confidence=pose.min_detection_confidence,
+            min_presence_confidence=pose.min_presence_confidence,
+            min_tracking_confidence=pose.min_tracking_confidence,
+        )
+        try:
+            estimator = PoseEstimator(options, mode="video")
+        except ValueError as exc:
+            log.error("pose model unusable", extra={"reason": str(exc)})
+            self.status.set_camera("error", None, f"pose model: {exc}")
+            return
+        with estimator:
+            source = None
+            while not self._stop.is_set():
+                frame = self.capture.slot.get(_FRAME_WAIT_S)
+                if frame is None:
+                    continue
+                if frame.source != source:  # a new clip: its frames do not continue the window
+                    source = frame.source
+                    if self._active is not None:
+                        self._active.window.reset()
+                self._process(frame, estimator)
+
+    def _process(self, frame: Frame, estimator: PoseEstimator) -> None:
+        began = time.monotonic()
+        rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
+        person = main_pose(estimator.detect(rgb, frame.captured_at * 1000.0))
+        self.status.record_stage("pose", time.monotonic() - began)
+        self.status.count("frames_processed")
+        if person is None:
+            self.status.count("frames_without_person")
+        self._presence(person is not None)
+
+        active = self._active
+        prediction = None
+        if active is not None:
+            window = active.window.push(frame.frame_number, frame.timestamp_ms, frame.captured_at, person)
+            if window is not None:
+                began = time.monotonic()
+                row = active.model.row(window)
+                self.status.record_stage("features", time.monotonic() - began)
+                began = time.monotonic()
+                prediction = active.classifier.predict(window, row)
+                self.status.record_stage("classify", time.monotonic() - began)
+                self._emit(prediction.payload())
+                self.status.add_prediction(prediction)
+        previous = self.status.view
+        latest = prediction or (previous.prediction if previous else None)
+        self.status.set_view(LiveView(frame.image, person, latest, frame.frame_number))
+
+    def _emit(self, payload: dict) -> None:
+        """Store the classification durably, then let the publisher send it.
+
+        A failing outbox (disk full, a broken database) costs this one result, which is logged
+        and counted; the pipeline keeps classifying and the page keeps showing results.
+        """
+        self._last_prediction_payload = payload
+        if self.outbox is None or self.publisher is None:
+            return
+        try:
+            seq = self.outbox.append(self.publisher.topic("classification"), payload)
+        except (OutboxError, ValueError) as exc:
+            log.error("classification not stored", extra={"reason": str(exc)})
+            self.status.count("outbox_errors")
+            return
+        self._last_prediction_payload = {"seq": seq, **payload}
+        self.publisher.notify()
+        self.publisher.set_state(
+            {**self._last_prediction_payload, "person_present": bool(self._person_present)}
+        )
+
+    def _presence(self, present: bool) -> None:
+        if present == self._person_present:
+            return
+        self._person_present = present
+        self.status.set_person_present(present)
+        if self.publisher is not None:
+            self.publisher.set_state({**(self._last_prediction_payload or {}), "person_present": present})
+
+
+def build(config: Config, **kwargs: object) -> Daemon:
+    """The daemon for a validated config (see :mod:`device.config`); nothing runs until start()."""
+    return Daemon(config, **kwargs)
