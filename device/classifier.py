@@ -62,27 +62,35 @@ class LoadedModel:
 
 
 class Smoother:
-    """Turns a stream of probability vectors into a steadier stream of decisions."""
+    """Turns a stream of probability vectors into a steadier stream of decisions.
+
+    ``decide`` returns the chosen label's index and its confidence: for majority smoothing the
+    mean probability of that label over the last ``k`` results (its current probability alone
+    can be tiny while the vote still holds), otherwise its current probability.
+    """
 
     def __init__(self, kind: str, k: int = 1, enter: float = 0.6, exit: float = 0.4) -> None:
         self.kind, self.k, self.enter, self.exit = kind, k, enter, exit
-        self._recent: deque[int] = deque(maxlen=k)
+        self._recent: deque[np.ndarray] = deque(maxlen=k)
         self._current: int | None = None
 
-    def decide(self, probabilities: np.ndarray) -> int:
+    def decide(self, probabilities: np.ndarray) -> tuple[int, float]:
         best = int(np.argmax(probabilities))
         if self.kind == "majority":
-            self._recent.append(best)
-            counts = Counter(self._recent)
-            top = max(counts.values())
+            self._recent.append(probabilities)
+            votes = Counter(int(np.argmax(p)) for p in self._recent)
+            top = max(votes.values())
             # ties go to the most recent of the tied labels: the freshest evidence
-            return next(i for i in reversed(self._recent) if counts[i] == top)
+            chosen = next(
+                int(np.argmax(p)) for p in reversed(self._recent) if votes[int(np.argmax(p))] == top
+            )
+            return chosen, float(np.mean([p[chosen] for p in self._recent]))
         if self.kind == "hysteresis":
             keep = self._current is not None and probabilities[self._current] >= self.exit
             if not keep and (self._current is None or probabilities[best] >= self.enter):
                 self._current = best
-            return self._current
-        return best
+            best = self._current
+        return best, float(probabilities[best])
 
 
 class Classifier:
@@ -99,8 +107,7 @@ class Classifier:
     def predict(self, window: Window, row: np.ndarray) -> Prediction:
         """The decision for a window whose input ``row`` was already computed (timed apart)."""
         probabilities = self.model.probabilities(row)
-        chosen = self.smoother.decide(probabilities)
-        confidence = float(probabilities[chosen])
+        chosen, confidence = self.smoother.decide(probabilities)
         labels = self.model.manifest.labels
         label = labels[chosen] if confidence >= self.threshold else UNKNOWN
         info = self.model.info

@@ -152,7 +152,12 @@ port = {HTTP_PORT}
     return config
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C: daemon first, then the broker
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     STATE.mkdir(exist_ok=True)
     bundle, public_key = demo_model()
     step("starting a local MQTT broker")
