@@ -118,11 +118,15 @@ class SmoothingSection(_Section):
 
 class ModelSection(_Section):
     bundle: Path | None = Field(
-        None, description="signed model bundle to run at start (else the model store's active one)"
+        None, description="signed bundle installed at start while the model store has no active version"
     )
     trusted_keys: list[Path] = Field(
         default_factory=list, description="Ed25519 public keys (PEM) bundles must be signed with"
     )
+    keep_versions: int = Field(
+        3, ge=1, le=100, description="model versions kept for rollback (the previous one is always kept)"
+    )
+    max_bundle_mb: float = Field(64.0, gt=0, le=1024, description="largest bundle the model store accepts")
     smoothing: SmoothingSection | None = Field(None, description="overrides the bundle's decision settings")
     no_person: Literal["skip", "reset"] | None = Field(
         None, description="overrides the bundle: on frames without a person"

@@ -13,13 +13,15 @@ become SIGKILL. Nothing opens a camera or a connection at import time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -27,8 +29,7 @@ from device import __version__
 from device.capture import Capture, open_source
 from device.classifier import Classifier, LoadedModel, Smoother
 from device.config import Config, SmoothingSection
-from device.model.bundle import BundleError, compare_versions, load_public_key, open_bundle
-from device.model.runtimes import check_samples, load_runtime
+from device.model.store import Activation, ModelRejected, ModelStore
 from device.outbox import Outbox, OutboxError
 from device.pose import PoseEstimator, PoseOptions, main_pose
 from device.publisher import MqttPublisher
@@ -70,7 +71,9 @@ class Daemon:
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
         self.web: WebServer | None = None
+        self.store: ModelStore | None = None
         self._active: Active | None = None
+        self._model_change = threading.Lock()
         self._stop = threading.Event()
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
         self._ready_sent = False
@@ -80,15 +83,21 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Open the outbox, connect MQTT (in the background), load the model, start the threads."""
+        """Open the outbox, connect MQTT (in the background), load the model, start the threads.
+
+        The model is the store's active version, so a restart keeps what was last activated; a
+        fresh device installs ``model.bundle`` through the same checks (see :meth:`_load_model`).
+        """
         config = self.config
         config.device.state_dir.mkdir(parents=True, exist_ok=True)
         if config.mqtt.enabled:
-            self.outbox = Outbox.open_or_reset(config.outbox_path, max_rows=config.outbox.max_rows)
+            self.outbox = Outbox.open_or_reset(
+                config.outbox_path, max_rows=config.outbox.max_rows, synchronous=config.outbox.synchronous
+            )
             self.publisher = MqttPublisher(config.mqtt, config.device.id, self.outbox, self.status)
             self.publisher.start()
-        if config.model.bundle is not None:
-            self.install_bundle(config.model.bundle)
+        self.store = ModelStore.from_config(config)
+        self._load_model()
         self.capture.start()
         self._pipeline.start()
         if config.http.enabled:
@@ -96,6 +105,7 @@ class Daemon:
                 self.status,
                 token_sha256=self._token_sha256(),
                 max_upload_mb=config.http.max_upload_mb,
+                models=self,
                 device_name=config.device.name,
             )
             self.web = WebServer(app, str(config.http.bind), config.http.port)
@@ -158,35 +168,67 @@ class Daemon:
             return hashlib.sha256(http.token.encode()).hexdigest()
         return None
 
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ models (web.ModelCatalog)
 
-    def install_bundle(self, source: Path | bytes, force: bool = False) -> LoadedModel | None:
-        """Verify, load and smoke-test a bundle, then switch to it; on failure keep the old model.
+    def list(self) -> list[dict[str, Any]]:
+        """The stored versions, newest first (``GET /api/models``)."""
+        return self._model_store().list()
 
-        Returns the new model, or None when it was rejected (the reason is on the status board
-        and in ``model/state``).
+    def install(self, data: bytes | Path, force: bool = False) -> dict[str, Any]:
+        """Install a bundle through every check of the store and switch the pipeline to it.
+
+        Raises :class:`ModelRejected` (a ``ValueError``: HTTP 422) naming the failed step; the
+        running model then stays active and the refusal is on the page and in ``model/state``.
+        While no model runs there is nothing a downgrade could replace, so ``force`` is implied.
         """
-        name = str(source) if isinstance(source, Path) else "uploaded bundle"
-        try:
-            keys = [load_public_key(path) for path in self.config.model.trusted_keys]
-            bundle = open_bundle(source, keys)
-            current = self._active.model.info.version if self._active else None
-            if current and not force and compare_versions(bundle.manifest.version, current) < 0:
-                raise BundleError("version", f"{bundle.manifest.version} is older than {current}; use force")
-            if compare_versions(__version__, bundle.manifest.min_device_version) < 0:
-                raise BundleError("version", f"needs device {bundle.manifest.min_device_version}")
-            runtime = load_runtime(bundle)
-            check_samples(runtime, bundle.manifest)
-            model = LoadedModel(bundle, runtime)
-        except (BundleError, ValueError, OSError) as exc:
-            log.error("model rejected", extra={"bundle": name, "reason": str(exc)})
-            self.status.mark_model("rejected", str(exc))
-            self._publish_model_state("rejected", str(exc))
-            return None
-        self._switch(model)
-        return model
+        force = force or self._active is None
+        return self._change_model(lambda: self._model_store().install(data, force))
 
-    def _switch(self, model: LoadedModel) -> None:
+    def activate(self, version: str, force: bool = False) -> dict[str, Any]:
+        """Switch to a stored version (rollback or roll forward), checked again from disk."""
+        return self._change_model(lambda: self._model_store().activate(version, force))
+
+    def _model_store(self) -> ModelStore:
+        if self.store is None:
+            raise RuntimeError("the model store opens in Daemon.start()")
+        return self.store
+
+    def _load_model(self) -> None:
+        """At start: the store's active version; failing that, the configured bundle; else none.
+
+        A refusal is reported and the daemon runs on without a model rather than failing to
+        start, so its page and API stay up to receive a good one.
+        """
+        active = self._model_store().active()
+        if active is not None:
+            try:
+                self.activate(active, force=True)  # force: load it although it is the active one
+                return
+            except ModelRejected:
+                pass  # reported by _change_model; the configured bundle is the fallback
+        if self.config.model.bundle is not None:
+            with contextlib.suppress(ModelRejected):
+                self.install(self.config.model.bundle)
+
+    def _change_model(self, change: Callable[[], Activation]) -> dict[str, Any]:
+        """Run one store change and switch the pipeline to its model, or report the refusal.
+
+        Changes are serialized, so the store's active version and the pipeline's always agree.
+        """
+        with self._model_change:
+            try:
+                activation = change()
+            except ModelRejected as exc:
+                log.error("model rejected", extra={"step": exc.step, "reason": exc.message})
+                self.status.mark_model("rejected", str(exc))
+                self._publish_model_state("rejected", str(exc))
+                raise
+            if activation.model is not None:
+                self._switch(activation.model, activation)
+        return activation.as_dict()
+
+    def _switch(self, model: LoadedModel, activation: Activation) -> None:
+        """Replace the pipeline's ``Active`` in one assignment: it never stops, the next frame uses it."""
         decision = model.manifest.decision
         override: SmoothingSection | None = self.config.model.smoothing
         smoother = (
@@ -197,9 +239,17 @@ class Daemon:
         no_person = self.config.model.no_person or decision.no_person
         window = RollingWindow(model.window_size, model.stride, no_person)
         self._active = Active(model, Classifier(model, smoother), window)
-        self.status.set_model(model.info)
-        self._publish_model_state("ok", "")
-        log.info("model active", extra={"model_id": model.info.model_id, "version": model.info.version})
+        state, detail = ("rolled_back", activation.detail) if activation.rolled_back else ("ok", "")
+        self.status.set_model(replace(model.info, status=state, detail=detail))
+        self._publish_model_state(state, detail)
+        log.info(
+            "model active",
+            extra={
+                "model_id": model.info.model_id,
+                "version": model.info.version,
+                "previous": activation.previous,
+            },
+        )
 
     def _publish_model_state(self, state: str, detail: str) -> None:
         if self.publisher is None:

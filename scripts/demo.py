@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: the packages live beside it
+
+from trainer.recipes import pose_bundle  # noqa: E402
+
 DATA = REPO / "demo" / "data"
 STATE = REPO / ".demo"
 PYTHON = sys.executable
@@ -30,10 +34,6 @@ HTTP_PORT = int(os.environ.get("DEMO_HTTP_PORT", "8080"))
 
 def step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
-
-
-def trainer(*args: str) -> None:
-    subprocess.run([PYTHON, "-m", "trainer", *args], cwd=REPO, check=True)
 
 
 def fingerprint() -> str:
@@ -47,50 +47,16 @@ def fingerprint() -> str:
 
 def demo_model() -> tuple[Path, Path]:
     """Train, sign and verify the demo model, or reuse the one built from the same inputs."""
-    keys, bundle, stamp = STATE / "keys", STATE / "model.zip", STATE / "model.fingerprint"
+    bundle, stamp = STATE / "model.zip", STATE / "model.fingerprint"
     if bundle.exists() and stamp.exists() and stamp.read_text() == fingerprint():
         step(f"reusing the demo model {bundle.relative_to(REPO)} (delete .demo/ to retrain)")
-        return bundle, keys / "signing.pub"
+        return bundle, STATE / "keys" / "signing.pub"
     step("training the demo model from demo/data/BodyPose_Dataset.csv.gz (20 poses, BODY-25)")
-    if not (keys / "signing.key").exists():
-        trainer("keygen", "--out", str(keys))
-    dataset, run = STATE / "poses.parquet", STATE / "run"
-    trainer(
-        "dataset",
-        "--body25",
-        str(DATA / "BodyPose_Dataset.csv.gz"),
-        "--features",
-        "angles,seed,distances",
-        "--out",
-        str(dataset),
+    made = pose_bundle(
+        DATA / "BodyPose_Dataset.csv.gz", STATE, extra_export=("--smoothing", "majority:5"), cv=5
     )
-    trainer(
-        "train",
-        "--dataset",
-        str(dataset),
-        "--target",
-        "label",
-        "--split",
-        "stratified",
-        "--out",
-        str(run),
-        "--overwrite",
-    )
-    trainer(
-        "export",
-        str(run),
-        "--out",
-        str(bundle),
-        "--key",
-        str(keys / "signing.key"),
-        "--model-id",
-        "poses",
-        "--smoothing",
-        "majority:5",
-    )
-    trainer("verify", str(bundle), "--pub", str(keys / "signing.pub"))
     stamp.write_text(fingerprint())
-    return bundle, keys / "signing.pub"
+    return made.bundle, made.public_key
 
 
 def free_port() -> int:

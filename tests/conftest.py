@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from device.keypoints import JOINT_INDEX, empty_points
 from device.pose import offline_task_path
+from trainer.recipes import PoseBundle, pose_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -49,62 +49,11 @@ def pose(**joints: tuple[float, float]) -> np.ndarray:
     return points
 
 
-@dataclass(frozen=True)
-class SignedModel:
-    """A real bundle trained by the trainer's commands, and the keys around it."""
-
-    bundle: Path
-    public_key: Path
-    signing_key: Path
-    run_dir: Path
+SignedModel = PoseBundle  # a real bundle trained by the trainer's commands, and the keys around it
 
 
 @pytest.fixture(scope="session")
-def pose_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> SignedModel:
+def pose_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> PoseBundle:
     """A per-frame 20-pose classifier from the BODY-25 table: keygen -> dataset -> train -> export."""
-    from trainer.__main__ import main as trainer
-
     work = tmp_path_factory.mktemp("pose-model")
-    table = data_dir / "keypoints" / "BodyPose_Dataset.csv"
-    steps = [
-        ["keygen", "--out", str(work / "keys")],
-        [
-            "dataset",
-            "--body25",
-            str(table),
-            "--features",
-            "angles,seed,distances",
-            "--out",
-            str(work / "p.parquet"),
-        ],
-        [
-            "train",
-            "--dataset",
-            str(work / "p.parquet"),
-            "--target",
-            "label",
-            "--split",
-            "stratified",
-            "--cv",
-            "0",
-            "--out",
-            str(work / "run"),
-        ],
-        [
-            "export",
-            str(work / "run"),
-            "--out",
-            str(work / "model.zip"),
-            "--key",
-            str(work / "keys" / "signing.key"),
-            "--model-id",
-            "poses",
-            "--version",
-            "1.0.0",
-        ],
-    ]
-    for step in steps:
-        assert trainer(step) == 0, f"trainer {step[0]} failed"
-    return SignedModel(
-        work / "model.zip", work / "keys" / "signing.pub", work / "keys" / "signing.key", work / "run"
-    )
+    return pose_bundle(data_dir / "keypoints" / "BodyPose_Dataset.csv", work, version="1.0.0")
