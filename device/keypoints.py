@@ -66,6 +66,8 @@ JOINTS: tuple[str, ...] = (
 
 JOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(JOINTS)}
 CHANNELS: tuple[str, ...] = ("x", "y", "z", "visibility", "presence")
+FRAMES_SUFFIX = ".frames.jsonl"
+"""A video's keypoint file is ``<video stem>.frames.jsonl``."""
 X, Y, Z, VISIBILITY, PRESENCE = range(len(CHANNELS))
 
 BODY25_JOINTS: tuple[str, ...] = (
@@ -321,7 +323,7 @@ def read_keypoints(path: str | Path) -> KeypointSequence:
 def frames_stem(path: str | Path) -> str:
     """The video stem of a frame file: ``walk.frames.jsonl`` -> ``walk``."""
     name = Path(path).name
-    return name[: -len(".frames.jsonl")] if name.endswith(".frames.jsonl") else Path(name).stem
+    return name[: -len(FRAMES_SUFFIX)] if name.endswith(FRAMES_SUFFIX) else Path(name).stem
 
 
 def write_frames_jsonl(records: Iterable[dict], path: str | Path) -> int:

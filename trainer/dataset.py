@@ -51,13 +51,13 @@ from device.features import (
 )
 from device.keypoints import (
     BODY25_JOINTS,
+    FRAMES_SUFFIX,
     JOINTS,
     KeypointFileError,
     KeypointSequence,
     body25_to_blazepose,
     frames_stem,
     read_body25_table,
-    read_keypoints,
 )
 from trainer.annotations import (
     AnnotationError,
@@ -72,8 +72,8 @@ from trainer.annotations import (
     match_annotations,
     read_annotations,
 )
+from trainer.frame_files import read_frames
 
-FRAMES_SUFFIX = ".frames.jsonl"  # DESIGN.md §1; device.keypoints has no public constant for it yet
 DEFAULT_GROUPS: tuple[str, ...] = ("normalized", "angles", "distances")
 META_FORMAT = 1
 CSV_DECIMALS = 6
@@ -391,7 +391,7 @@ def video_result(job: VideoJob, sequence: KeypointSequence) -> VideoResult:
 
 def build_video(job: VideoJob) -> VideoResult:
     """Read one video's keypoints and make its rows (what a worker process runs)."""
-    return video_result(job, read_keypoints(job.path))
+    return video_result(job, read_frames(job.path))
 
 
 def _ignore_sigint() -> None:

@@ -28,7 +28,7 @@ import cv2
 from tqdm import tqdm
 
 from device.cli import Command, ExitStatus, UsageError
-from device.keypoints import frame_record, write_frames_jsonl
+from device.keypoints import FRAMES_SUFFIX, frame_record, write_frames_jsonl
 from device.pose import (
     PoseEstimator,
     PoseModelError,
@@ -41,8 +41,6 @@ from device.sources import SourceError, VideoFileSource
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v"})
 """Searched for in input directories (case-insensitive); files given by name are tried anyway."""
-
-FRAMES_SUFFIX = ".frames.jsonl"
 
 
 class Outcome(StrEnum):
