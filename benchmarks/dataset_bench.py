@@ -39,6 +39,7 @@ from trainer.dataset import (
     video_result,
     write_dataset,
 )
+from trainer.frame_files import read_frames
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MAPPING = Path(__file__).resolve().parents[1] / "examples" / "example_video.labels.toml"
@@ -86,8 +87,8 @@ def timed(fn: Callable[..., T], *args: object, repeat: int = 1) -> tuple[T, floa
     return result, best
 
 
-def read_all(jobs: list[VideoJob]) -> list[KeypointSequence]:
-    return [read_keypoints(job.path) for job in jobs]
+def read_all(jobs: list[VideoJob], reader: Callable[[Path], KeypointSequence]) -> list[KeypointSequence]:
+    return [reader(job.path) for job in jobs]
 
 
 def rows_of(jobs: list[VideoJob], sequences: list[KeypointSequence]) -> Rows:
@@ -109,8 +110,10 @@ def main() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="dataset-bench-") as tmp:
         keypoints, annotations = make_project(Path(tmp))
         _, jobs, _ = plan_jobs(keypoints, annotations, configs["none"])
-        sequences, read_s = timed(read_all, jobs)
-        lines.append(("read keypoints (read_frames_jsonl)", read_s, 0))
+        _, reference_s = timed(read_all, jobs, read_keypoints)
+        lines.append(("read keypoints, json (device.keypoints, baseline)", reference_s, 0))
+        sequences, read_s = timed(read_all, jobs, read_frames)
+        lines.append(("read keypoints, pyarrow (trainer.frame_files)", read_s, 0))
         results["read_frames_per_s"] = frames / read_s
 
         for name, config in configs.items():
