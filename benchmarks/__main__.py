@@ -10,6 +10,7 @@ BENCHMARKS: dict[str, str] = {
     "pose": "benchmarks.pose_bench",
     "dataset": "benchmarks.dataset_bench",
     "train": "benchmarks.train_bench",
+    "device": "benchmarks.device_bench",
 }
 
 
