@@ -1,4 +1,4 @@
-"""``python -m device <command>``: run the kiosk daemon or check its configuration."""
+"""``python -m device <command>``: run the kiosk daemon, check its configuration, manage its models."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from device import logs
 from device.cli import Command, ExitStatus, run_cli
 from device.config import ConfigError, load_config
+from device.model.store import ModelRejected, ModelStore, StoreError
 
 log = logging.getLogger("device")
 
@@ -29,6 +30,24 @@ Validate a configuration file without running anything; prints the effective set
 
 Examples:
   python -m device check-config /etc/movement-edge/device.toml
+"""
+
+
+MODELS_HELP = """\
+Manage the model store in <state_dir>/models: install a signed bundle, list the stored versions,
+activate a stored one (rollback). Installing runs the daemon's own steps: verify (signature,
+hashes, safe zip, size) -> compatibility (a downgrade needs --force) -> load -> smoke test on the
+manifest's sample rows -> store it as the active version. A failure names the step and changes
+nothing.
+
+A running daemon switches at once only when the model comes through its HTTP API
+(POST /api/models, or `python -m provisioning push`). These local commands are for installing
+before the daemon starts (or while it is stopped): it loads the store's active version at start.
+
+Examples:
+  python -m device models install model.zip --config /etc/movement-edge/device.toml
+  python -m device models list --config device.toml
+  python -m device models activate 2026.11.24.220000 --config device.toml
 """
 
 
@@ -67,11 +86,45 @@ def check_config(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _models_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    install = actions.add_parser("install", help="verify, smoke-test and activate a bundle file")
+    install.add_argument("bundle", type=Path, metavar="FILE", help="the signed bundle (.zip)")
+    activate = actions.add_parser("activate", help="make a stored version active again")
+    activate.add_argument("version", help="a version shown by `models list`")
+    listing = actions.add_parser("list", help="the stored versions, newest first")
+    for action in (install, activate):
+        action.add_argument("--force", action="store_true", help="allow a downgrade; reload the active one")
+    for action in (install, activate, listing):
+        _config_argument(action, True)
+
+
+def models(args: argparse.Namespace) -> int:
+    store = ModelStore.from_config(load_config(args.config))
+    if args.action == "list":
+        rows = store.list()
+        for row in rows:
+            print(
+                f"{row['version']:<20} {row['status']:<9} {row['model_id']} ({row['runtime']}, "
+                f"{len(row['labels'])} labels) installed {row['installed_at']} sha256 {row['sha256'][:12]}"
+            )
+        if not rows:
+            print(f"no models in {store.folder}")
+        return ExitStatus.OK
+    if args.action == "install":
+        activation = store.install(args.bundle, force=args.force)
+    else:
+        activation = store.activate(args.version, force=args.force)
+    print(activation.detail)
+    return ExitStatus.OK
+
+
 COMMANDS = {
     "run": Command("run the kiosk daemon", RUN_HELP, lambda p: _config_argument(p, True), run),
     "check-config": Command(
         "validate a configuration file", CHECK_HELP, lambda p: _config_argument(p, False), check_config
     ),
+    "models": Command("install, list or activate model versions", MODELS_HELP, _models_arguments, models),
 }
 
 
@@ -81,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The movement classification kiosk daemon.",
         COMMANDS,
         argv,
-        user_errors=(ConfigError,),
+        user_errors=(ConfigError, ModelRejected, StoreError),
     )
 
 

@@ -165,6 +165,9 @@ class OutboxSection(_Section):
     max_rows: int = Field(
         100_000, ge=10, description="bound; beyond it the oldest rows are dropped and counted"
     )
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full: results survive a power cut; normal: a crash, with fewer SD writes"
+    )
 
 
 class HttpSection(_Section):
