@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from device.config import Config
+from device.daemon import Daemon, build
 from device.keypoints import JOINT_INDEX, empty_points
 from device.pose import offline_task_path
 from trainer.recipes import PoseBundle, pose_bundle
@@ -57,3 +62,29 @@ def pose_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pose
     """A per-frame 20-pose classifier from the BODY-25 table: keygen -> dataset -> train -> export."""
     work = tmp_path_factory.mktemp("pose-model")
     return pose_bundle(data_dir / "keypoints" / "BodyPose_Dataset.csv", work, version="1.0.0")
+
+
+def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+    return result
+
+
+@pytest.fixture
+def run_daemon() -> Iterator[Callable[[Config], Daemon]]:
+    """Start daemons in-process (``device.daemon.build(config).start()``); all stopped at the end."""
+    started: list[Daemon] = []
+
+    def start(config: Config) -> Daemon:
+        daemon = build(config)
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

@@ -14,30 +14,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from broker import Mosquitto, Subscriber, free_port
-from conftest import REPO, SignedModel
+from conftest import REPO, SignedModel, eventually
 
 from device.config import Config, parse_config
-from device.daemon import Daemon, build
+from device.daemon import Daemon
 
 DEVICE = "kiosk-test"
 TOPIC = f"movement/{DEVICE}"
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
 
 
 def device_config(
@@ -58,21 +46,6 @@ def device_config(
         "mqtt": {"port": mqtt_port, "stats_interval_s": 1, "keepalive_s": keepalive},
         "http": {"port": 0},
     }
-
-
-@pytest.fixture
-def run_daemon() -> Iterator[Callable[[Config], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(config: Config) -> Daemon:
-        daemon = build(config)
-        started.append(daemon)
-        daemon.start()
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:

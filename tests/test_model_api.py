@@ -9,7 +9,6 @@ mosquitto carries ``classification`` and the retained ``model/state``. The model
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto, Subscriber
-from conftest import SignedModel
+from conftest import SignedModel, eventually
 from model_bundles import BAD_BUNDLES, BadBundle, bad_bundles, size_limit, versions_of
 
 from device.config import Config, parse_config
@@ -58,17 +57,6 @@ def kiosk(state: Path, model: SignedModel, data_dir: Path, limit: int, mqtt_port
         },
         env={},
     )
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
 
 
 def call(
@@ -113,31 +101,16 @@ def model_state(sub: Subscriber, **expected: Any) -> dict[str, Any]:
     return message.json()
 
 
-@pytest.fixture
-def daemons() -> Iterator[Callable[[Config], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(config: Config) -> Daemon:
-        daemon = build(config)
-        started.append(daemon)
-        daemon.start()
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
-
-
 def test_a_pushed_version_takes_over_without_a_pause_and_rolls_back(
     tmp_path: Path,
     pose_model: SignedModel,
     versions: dict[str, bytes],
     data_dir: Path,
-    daemons: Callable[[Config], Daemon],
+    run_daemon: Callable[[Config], Daemon],
 ) -> None:
     limit = size_limit(versions["1.0.0"])
     with Mosquitto() as broker, Subscriber(broker.port, f"{TOPIC}/#") as sub:
-        daemon = daemons(kiosk(tmp_path, pose_model, data_dir, limit, broker.port))
+        daemon = run_daemon(kiosk(tmp_path, pose_model, data_dir, limit, broker.port))
         keeps_classifying(daemon, "1.0.0")
         model_state(sub, status="ok", version="1.0.0")
 
@@ -189,14 +162,14 @@ def test_a_restart_keeps_the_active_version_not_the_configured_one(
     pose_model: SignedModel,
     versions: dict[str, bytes],
     data_dir: Path,
-    daemons: Callable[[Config], Daemon],
+    run_daemon: Callable[[Config], Daemon],
 ) -> None:
     config = kiosk(tmp_path, pose_model, data_dir, size_limit(versions["1.0.0"]), None)
-    first = daemons(config)
+    first = run_daemon(config)
     assert call(first, "/api/models", versions["2.0.0"], AUTH)[0] == 201
     first.stop()
 
-    again = daemons(config)  # the configuration still names the 1.0.0 bundle
+    again = run_daemon(config)  # the configuration still names the 1.0.0 bundle
     eventually(lambda: snapshot(again)["model"] is not None, 10, "a model")
     assert snapshot(again)["model"]["version"] == "2.0.0"
     keeps_classifying(again, "2.0.0")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto, Received, Subscriber, free_port
+from conftest import eventually
 
 from device.config import MqttSection, TlsSection
 from device.outbox import Outbox
@@ -40,16 +41,6 @@ def prediction(i: int) -> Prediction:
         model_version="1.2.0",
         latency_ms=12.5,
     )
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
-    return result
 
 
 def in_order_without_duplicates(received: list[Received]) -> list[int]:
