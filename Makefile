@@ -6,8 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MEDIAPIPE := mediapipe==0.10.18
-# What the tests and the demo run for real: an MQTT broker and a headless browser.
-DEBIAN_PACKAGES := mosquitto mosquitto-clients chromium
+# What the tests and the demo run for real: an MQTT broker, a headless browser, systemd-analyze.
+DEBIAN_PACKAGES := mosquitto mosquitto-clients chromium systemd
 
 .PHONY: test demo lint bench venv system clean
 

@@ -29,6 +29,10 @@ from pydantic import (
 SECRET_ENV = {"mqtt_password": "MOVEMENT_EDGE_MQTT_PASSWORD", "http_token": "MOVEMENT_EDGE_HTTP_TOKEN"}
 
 
+DEVICE_ID = r"^[A-Za-z0-9_-]{1,64}$"
+"""A device id: safe in MQTT topics, file names and Home Assistant ids."""
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message names the file and the offending key."""
 
@@ -38,7 +42,7 @@ class _Section(BaseModel):
 
 
 class DeviceSection(_Section):
-    id: str = Field("kiosk", description="device id, used in MQTT topics", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    id: str = Field("kiosk", description="device id, used in MQTT topics", pattern=DEVICE_ID)
     name: str = Field("", description="human name shown on the status page and in Home Assistant")
     state_dir: Path = Field(Path("/var/lib/movement-edge"), description="outbox database and models")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

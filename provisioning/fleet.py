@@ -1,0 +1,617 @@
+"""Model delivery to a fleet of kiosks: the inventory, parallel pushes with retries, fleet status.
+
+The workstation talks to each kiosk only through its HTTP API (DESIGN.md §6): ``POST /api/models``
+with the bundle and the device's bearer token, then ``GET /api/status`` until the device reports
+the new version active. The device verifies the bundle and decides; this side only needs the
+manifest's identity (model id, version, model sha256) to know what to wait for.
+
+Every device gets its own worker and its own deadline, so one slow or dead kiosk costs only its
+own row of the result table. Network failures (refused, reset, timed out) and 5xx answers are
+retried with exponential backoff a bounded number of times; a 4xx is the device's answer and is
+never retried. A retried upload first asks whether the device already runs the version (an
+upload whose answer was lost may have succeeded), so a retry never turns success into a refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import sys
+import time
+import tomllib
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from device.cli import Command, ExitStatus, UsageError
+from device.config import DEVICE_ID
+from device.model.bundle import MANIFEST, MAX_MANIFEST_SIZE
+
+T = TypeVar("T")
+
+DEVICE_NAME = DEVICE_ID
+"""A fleet name is also the device id in MQTT topics (device.config's ``device.id`` pattern)."""
+
+_POLL_INTERVAL_S = 0.5
+
+
+# --------------------------------------------------------------------------- the inventory
+
+
+class DeviceEntry(BaseModel):
+    """One ``[[device]]`` of fleet.toml; the token comes from exactly one of an env var or a file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=DEVICE_NAME)
+    url: str
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    token_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("must be the device's base URL, such as http://kiosk-1.local:8080")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> DeviceEntry:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token_env or token_file")
+        return self
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: list[DeviceEntry] = Field(min_length=1)
+
+    @field_validator("device")
+    @classmethod
+    def _unique_names(cls, devices: list[DeviceEntry]) -> list[DeviceEntry]:
+        seen: set[str] = set()
+        for entry in devices:
+            if entry.name in seen:
+                raise ValueError(f"name {entry.name!r} appears more than once")
+            seen.add(entry.name)
+        return devices
+
+
+def _describe(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
+    """One pydantic error as ``device 2 ('kiosk-2'): token_env: <what is wrong>``."""
+    loc = list(error["loc"])
+    where = []
+    if loc[:1] == ["device"] and len(loc) > 1 and isinstance(loc[1], int):
+        index = loc[1]
+        entries = raw.get("device")
+        name = (
+            entries[index].get("name")
+            if isinstance(entries, list) and isinstance(entries[index], dict)
+            else None
+        )
+        where.append(f"device {index + 1}" + (f" ({name!r})" if isinstance(name, str) else ""))
+        loc = loc[2:]
+    where += [".".join(str(part) for part in loc)] if loc else []
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required" + (" (at least one [[device]] table)" if loc == ["device"] else "")
+    elif kind == "list_type":
+        message = "must be an array of tables: [[device]]"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        if "input" in error and not isinstance(error["input"], dict | list):
+            message += f" (got {error['input']!r})"
+    return ": ".join([*where, message])
+
+
+def load_fleet(path: Path) -> list[DeviceEntry]:
+    """Read and validate fleet.toml; ``token_file`` paths become absolute, relative to the file."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--fleet {path}: cannot read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    try:
+        inventory = Inventory.model_validate(raw)
+    except ValidationError as exc:
+        raise UsageError(f"{path}: " + "; ".join(_describe(e, raw) for e in exc.errors())) from None
+    base = path.resolve().parent
+    return [
+        entry.model_copy(update={"token_file": base / entry.token_file}) if entry.token_file else entry
+        for entry in inventory.device
+    ]
+
+
+def select(devices: list[DeviceEntry], names: Sequence[str] | None) -> list[DeviceEntry]:
+    """The devices named by ``--device`` (all when none is given), in inventory order."""
+    if not names:
+        return devices
+    known = {entry.name for entry in devices}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"--device {unknown[0]}: not in the fleet file (known: {', '.join(sorted(known))})")
+    return [entry for entry in devices if entry.name in names]
+
+
+def token_for(entry: DeviceEntry, env: Mapping[str, str]) -> str:
+    """The device's bearer token from its environment variable or file; a usage error if absent."""
+    if entry.token_env is not None:
+        token = env.get(entry.token_env, "").strip()
+        if not token:
+            raise UsageError(f"device {entry.name}: environment variable {entry.token_env} is not set")
+        return token
+    assert entry.token_file is not None  # the model guarantees one source
+    try:
+        token = entry.token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"device {entry.name}: token_file {entry.token_file}: {exc.strerror}") from exc
+    if not token:
+        raise UsageError(f"device {entry.name}: token_file {entry.token_file} is empty")
+    return token
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """A bundle's bytes and the identity its manifest claims (the device verifies the rest)."""
+
+    path: Path
+    data: bytes
+    model_id: str
+    version: str
+    sha256: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_id} {self.version}"
+
+
+def read_bundle(path: Path) -> BundleFile:
+    """Read a bundle file; refuse anything that is not a zip holding a manifest with an identity."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            info = archive.getinfo(MANIFEST)
+            if info.file_size > MAX_MANIFEST_SIZE:
+                raise UsageError(f"{path}: {MANIFEST} is larger than {MAX_MANIFEST_SIZE} bytes")
+            manifest = json.loads(archive.read(info))
+    except zipfile.BadZipFile:
+        raise UsageError(f"{path}: not a zip file (a bundle from `python -m trainer export`)") from None
+    except KeyError:
+        raise UsageError(f"{path}: no {MANIFEST} in the zip; not a model bundle") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: {MANIFEST} is not valid JSON ({exc})") from None
+    identity = {
+        key: manifest.get(key) if isinstance(manifest, dict) else None
+        for key in ("model_id", "version", "sha256")
+    }
+    missing = [key for key, value in identity.items() if not isinstance(value, str) or not value]
+    if missing:
+        raise UsageError(f"{path}: {MANIFEST} has no {missing[0]}")
+    return BundleFile(path, data, **identity)
+
+
+# --------------------------------------------------------------------------- HTTP to one device
+
+
+class Unreachable(Exception):
+    """The request got no answer from the application: network failure, timeout or a 5xx."""
+
+
+class Refused(Exception):
+    """The device answered with a 4xx (or a 501): its decision, never retried."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded attempts with exponential backoff; per-request socket timeouts."""
+
+    attempts: int = 4
+    first_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    request_timeout_s: float = 10.0
+    upload_timeout_s: float = 60.0  # the device verifies, loads and smoke-tests before it answers
+
+    def delay(self, attempt: int) -> float:
+        return min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s)
+
+
+def _why(reason: BaseException) -> str:
+    """A short human reason for a network failure."""
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, ConnectionResetError | http.client.RemoteDisconnected | BrokenPipeError):
+        return "connection reset"
+    if isinstance(reason, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot resolve the host name ({reason.strerror})"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+def _error_message(body: bytes) -> str:
+    """The ``error`` of a JSON error body, else the body's text on one line."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("error"), str):
+        return document["error"]
+    text = body.decode("utf-8", "replace").split("(generated by")[0]  # waitress's error page footer
+    return ": ".join(line.strip() for line in text.splitlines() if line.strip())[:300] or "(no message)"
+
+
+class DeviceApi:
+    """The kiosk's HTTP API; every call is one request with a socket timeout, nothing retried here.
+
+    http.client rather than urllib: a kiosk refusing an upload from its headers (413, 401)
+    answers and closes before it has read the body, so sending fails with a reset while the
+    answer is already waiting to be read; urllib would only report the reset.
+    """
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        self.url = url
+        self._parts = urlsplit(url)
+        self._token = token
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        return kind(self._parts.hostname or "", self._parts.port, timeout=timeout)
+
+    def _call(self, method: str, path: str, timeout: float, body: bytes | None = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/zip"
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        connection = self._connection(timeout)
+        try:
+            sending: OSError | None = None
+            try:
+                connection.request(method, self._parts.path + path, body=body, headers=headers)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                sending = exc  # the device may have answered early; read what it said
+            try:
+                response = connection.getresponse()
+                status, payload = response.status, response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise Unreachable(_why(sending or exc)) from None
+        except OSError as exc:  # connecting: refused, unreachable, timed out, name not known
+            raise Unreachable(_why(exc)) from None
+        finally:
+            connection.close()
+        if status >= 500 and status != 501:  # 501: no model store there; retrying will not add one
+            raise Unreachable(f"HTTP {status}: {_error_message(payload)}")
+        if status >= 300:
+            raise Refused(status, _error_message(payload))
+        try:
+            return json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Unreachable(f"{method} {path}: the answer is not JSON") from None
+
+    def status(self, timeout: float) -> dict[str, Any]:
+        return self._call("GET", "/api/status", timeout)
+
+    def upload(self, data: bytes, force: bool, timeout: float) -> dict[str, Any]:
+        return self._call("POST", "/api/models" + ("?force=1" if force else ""), timeout, data)
+
+
+def with_retries(
+    call: Callable[[int, float], T],
+    policy: RetryPolicy,
+    deadline: float,
+    timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``call(attempt, timeout)`` until it returns; :class:`Unreachable` is retried with backoff.
+
+    Stops after ``policy.attempts`` or when the next attempt would start past ``deadline``; the
+    final :class:`Unreachable` says how many attempts were made. :class:`Refused` passes through.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - time.monotonic()
+        try:
+            return call(attempt, max(0.1, min(timeout, remaining)))
+        except Unreachable as exc:
+            delay = policy.delay(attempt)
+            if attempt >= policy.attempts or time.monotonic() + delay >= deadline:
+                noun = "attempt" if attempt == 1 else "attempts"
+                raise Unreachable(f"{exc} ({attempt} {noun})") from None
+            sleep(delay)
+
+
+# --------------------------------------------------------------------------- push
+
+
+class Result(StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"
+    UNAUTHORIZED = "unauthorized"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    FAILED = "failed"  # an answer outside the contract (e.g. 404, 501): the device cannot take models
+
+
+@dataclass(frozen=True)
+class Outcome:
+    device: str
+    result: Result
+    detail: str
+
+
+def _running(status: Mapping[str, Any], bundle: BundleFile) -> bool:
+    model = status.get("model")
+    return isinstance(model, dict) and (model.get("id"), model.get("version"), model.get("sha256")) == (
+        bundle.model_id,
+        bundle.version,
+        bundle.sha256,
+    )
+
+
+def _refusal(exc: Refused, bundle: BundleFile) -> tuple[Result, str]:
+    """Map the device's 4xx to a result: its words are the detail."""
+    if exc.status in (401, 403):
+        return Result.UNAUTHORIZED, exc.message
+    if exc.status == 413:
+        return Result.REJECTED, f"{exc.message} (the bundle: {len(bundle.data) / 1024 / 1024:.1f} MB)"
+    if exc.status == 422:
+        return Result.REJECTED, exc.message
+    return Result.FAILED, str(exc)
+
+
+def push_one(
+    api: DeviceApi, bundle: BundleFile, *, force: bool, timeout_s: float, policy: RetryPolicy
+) -> tuple[Result, str]:
+    """Upload ``bundle`` to one device and wait until it reports the version active."""
+    began = time.monotonic()
+    deadline = began + timeout_s
+
+    def upload(attempt: int, request_timeout: float) -> bool:
+        """True when this call installed it, False when the device already ran it."""
+        # Before a retry (and before the first try unless forced): an upload whose answer was lost
+        # may have been installed; uploading again could then be refused as a duplicate.
+        asked = min(policy.request_timeout_s, request_timeout)
+        if (attempt > 1 or not force) and _running(api.status(asked), bundle):
+            return False
+        api.upload(bundle.data, force, request_timeout)
+        return True
+
+    try:
+        installed = with_retries(upload, policy, deadline, policy.upload_timeout_s)
+    except Unreachable as exc:
+        return Result.UNREACHABLE, str(exc)
+    except Refused as exc:
+        return _refusal(exc, bundle)
+    if not installed:
+        return Result.OK, f"{bundle.label} was already active"
+
+    reported = "no answer"
+    while True:
+        try:
+            status = api.status(max(0.1, min(policy.request_timeout_s, deadline - time.monotonic())))
+        except (Unreachable, Refused) as exc:
+            reported = str(exc)
+        else:
+            if _running(status, bundle):
+                return Result.OK, f"{bundle.label} active after {time.monotonic() - began:.1f} s"
+            model = status.get("model")
+            reported = "reports " + (
+                f"{model.get('id')} {model.get('version')}" if isinstance(model, dict) else "no model"
+            )
+        if time.monotonic() + _POLL_INTERVAL_S >= deadline:
+            return Result.TIMEOUT, f"{bundle.label} not active within {timeout_s:g} s ({reported})"
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def for_each_device(
+    devices: Sequence[DeviceEntry],
+    task: Callable[[DeviceEntry], T],
+    parallel: int,
+    on_done: Callable[[DeviceEntry, T], None] = lambda entry, value: None,
+) -> list[T]:
+    """Run ``task`` for every device on at most ``parallel`` threads; results in inventory order."""
+    results: dict[str, T] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(devices))), thread_name_prefix="fleet")
+    try:
+        futures = {pool.submit(task, entry): entry for entry in devices}
+        for future in as_completed(futures):
+            entry = futures[future]
+            results[entry.name] = future.result()
+            on_done(entry, results[entry.name])
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C: start no further device
+    return [results[entry.name] for entry in devices]
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fleet", type=Path, required=True, metavar="FILE", help="the inventory (fleet.toml)"
+    )
+    parser.add_argument(
+        "--device", action="append", metavar="NAME", help="only this device (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--parallel", type=_positive_int, default=8, metavar="N", help="devices handled at once (default 8)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+PUSH_DESCRIPTION = """\
+Upload a signed model bundle to every device of the inventory (or those named by --device) at
+once, wait until each reports the new version active, and print one row per device:
+  ok            the device runs the new version
+  rejected      the device refused the bundle; the detail is its reason (signature, hash, smoke
+                test, older version without --force, too large); it keeps its previous model
+  unauthorized  wrong token, or the device has no token configured
+  unreachable   no answer after the retries (connection refused/reset, timeouts, HTTP 5xx)
+  timeout       the device accepted the upload but did not report the version within --timeout
+Network failures and 5xx are retried with exponential backoff; a refusal (4xx) is never retried.
+Exit status: 0 when every device is ok, 1 when any is not, 2 for a usage error (bad fleet file,
+missing bundle, a token's environment variable unset).
+
+Examples:
+  python -m provisioning push model.zip --fleet fleet.toml
+  python -m provisioning push model.zip --fleet fleet.toml --device kiosk-1 --device kiosk-2
+  KIOSK1_TOKEN=... python -m provisioning push old.zip --fleet fleet.toml --force   # a downgrade
+"""
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="signed bundle from `python -m trainer export`")
+    _fleet_arguments(parser)
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=180.0,
+        metavar="S",
+        help="per device: seconds for upload, retries and activation (default 180)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="allow a downgrade; upload even if already active"
+    )
+
+
+def run_push(args: argparse.Namespace) -> int:
+    devices = select(load_fleet(args.fleet), args.device)
+    bundle = read_bundle(args.bundle)
+    tokens = {entry.name: token_for(entry, os.environ) for entry in devices}  # all checked before any upload
+    policy = RetryPolicy()
+    print(f"pushing {bundle.label} ({len(bundle.data)} bytes) to {len(devices)} device(s)", file=sys.stderr)
+
+    def task(entry: DeviceEntry) -> Outcome:
+        api = DeviceApi(entry.url, tokens[entry.name])
+        result, detail = push_one(api, bundle, force=args.force, timeout_s=args.timeout, policy=policy)
+        return Outcome(entry.name, result, detail)
+
+    def progress(entry: DeviceEntry, outcome: Outcome) -> None:
+        print(f"{entry.name}: {outcome.result} {outcome.detail}".rstrip(), file=sys.stderr)
+
+    outcomes = for_each_device(devices, task, args.parallel, progress)
+    print(render_table(("device", "result", "detail"), [(o.device, o.result, o.detail) for o in outcomes]))
+    return ExitStatus.OK if all(o.result is Result.OK for o in outcomes) else ExitStatus.FAILED
+
+
+STATUS_DESCRIPTION = """\
+Ask every device of the inventory (or those named by --device) for its status at once and print
+one row per device: the active model, the pose stage's frames per second, the MQTT connection,
+the camera's state and the daemon's uptime — or why it could not be reached. Needs no tokens.
+Exit status: 0 when every device answered, 1 when any did not, 2 for a usage error.
+
+Examples:
+  python -m provisioning status --fleet fleet.toml
+  python -m provisioning status --fleet fleet.toml --device kiosk-1 --timeout 3
+"""
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    _fleet_arguments(parser)
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=5.0, metavar="S", help="per request (default 5)"
+    )
+
+
+def _uptime(seconds: float) -> str:
+    minutes, _ = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {int(seconds) % 60:02d}s"
+
+
+def status_row(status: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    """model, pose fps, mqtt, camera, uptime of one ``/api/status`` snapshot."""
+    model = status.get("model")
+    mqtt = status.get("mqtt") or {}
+    pose = (status.get("stages") or {}).get("pose") or {}
+    return (
+        f"{model.get('id')} {model.get('version')}" if isinstance(model, dict) else "none",
+        f"{pose['fps']:g}" if isinstance(pose.get("fps"), int | float) else "-",
+        "connected" if mqtt.get("connected") else ("disconnected" if mqtt.get("enabled", True) else "off"),
+        str((status.get("camera") or {}).get("state", "-")),
+        _uptime(status["uptime_s"]) if isinstance(status.get("uptime_s"), int | float) else "-",
+    )
+
+
+def run_status(args: argparse.Namespace) -> int:
+    devices = select(load_fleet(args.fleet), args.device)
+    policy = RetryPolicy(attempts=2, request_timeout_s=args.timeout)
+    header = ("device", "model", "pose fps", "mqtt", "camera", "uptime")
+
+    def task(entry: DeviceEntry) -> tuple[tuple[str, ...], bool]:
+        """The device's row and whether it answered."""
+        api = DeviceApi(entry.url)
+        deadline = time.monotonic() + policy.attempts * args.timeout + policy.first_delay_s
+        try:
+            status = with_retries(
+                lambda _attempt, timeout: api.status(timeout), policy, deadline, args.timeout
+            )
+        except (Unreachable, Refused) as exc:
+            return (entry.name, f"unreachable: {exc}", *("-",) * (len(header) - 2)), False
+        return (entry.name, *status_row(status)), True
+
+    rows = for_each_device(devices, task, args.parallel)
+    print(render_table(header, [row for row, _ in rows]))
+    return ExitStatus.OK if all(answered for _, answered in rows) else ExitStatus.FAILED
+
+
+PUSH = Command("push a model bundle to the fleet", PUSH_DESCRIPTION, add_push_arguments, run_push)
+STATUS = Command(
+    "show each device's model, fps, MQTT and uptime", STATUS_DESCRIPTION, add_status_arguments, run_status
+)
