@@ -23,6 +23,7 @@ from conftest import REPO, SignedModel, eventually
 
 from device.config import Config, parse_config
 from device.daemon import Daemon
+from device.model.bundle import MANIFEST, SIGNATURE, load_private_key, manifest_bytes_of, sign_manifest
 
 DEVICE = "kiosk-test"
 TOPIC = f"movement/{DEVICE}"
@@ -268,3 +269,33 @@ def test_systemd_notify_ready_and_watchdog(tmp_path: Path, pose_model: SignedMod
             child.kill()
     assert "READY=1" in messages and "WATCHDOG=1" in messages
     assert any(m.startswith("STATUS=") and "fps" in m for m in messages)
+
+
+def test_a_bundle_whose_features_the_device_cannot_compute_is_a_clear_state_not_a_crash(
+    tmp_path: Path, pose_model: SignedModel, data_dir: Path, run_daemon: Callable[[Config], Daemon]
+) -> None:
+    from model_bundles import MODEL, members, rezip
+
+    files = members(pose_model.bundle.read_bytes())
+    manifest = json.loads(files[MANIFEST])
+    manifest["feature_spec"]["presets"] = ["gait"]  # from a newer trainer: signed, but not computable here
+    files[MANIFEST] = manifest_bytes_of(manifest)
+    files[SIGNATURE] = sign_manifest(files[MANIFEST], load_private_key(pose_model.signing_key))
+    unknown = tmp_path / "gait.zip"
+    unknown.write_bytes(rezip({name: files[name] for name in (MANIFEST, SIGNATURE, MODEL)}))
+    with Mosquitto() as broker, Subscriber(broker.port, f"{TOPIC}/model/state") as sub:
+        config = device_config(
+            tmp_path, pose_model, data_dir / "videos" / "dance.mp4", broker.port, pace="realtime", loop=True
+        )
+        config["model"]["bundle"] = str(unknown)
+        daemon = run_daemon(parse_config(config))
+        rejected = sub.wait_until(
+            f"{TOPIC}/model/state", lambda m: m.json()["status"] == "rejected", 30
+        ).json()
+        assert "gait" in rejected["detail"]
+        eventually(
+            lambda: daemon.status.snapshot()["counters"]["frames_processed"] > 10, 60, "frames flowing"
+        )
+        status, body = http_get(daemon.http_port, "/healthz")
+        assert status == 503 and b"model" in body
+        assert daemon.status.snapshot()["counters"]["classifications"] == 0
