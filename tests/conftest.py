@@ -61,7 +61,9 @@ SignedModel = PoseBundle  # a real bundle trained by the trainer's commands, and
 def pose_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> PoseBundle:
     """A per-frame 20-pose classifier from the BODY-25 table: keygen -> dataset -> train -> export."""
     work = tmp_path_factory.mktemp("pose-model")
-    return pose_bundle(data_dir / "keypoints" / "BodyPose_Dataset.csv", work, version="1.0.0")
+    # scikit-learn (skops) on the device here; the fleet tests push a TFLite 2.0.0 over it
+    table = data_dir / "keypoints" / "BodyPose_Dataset.csv"
+    return pose_bundle(table, work, version="1.0.0", extra_export=("--runtime", "sklearn"))
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -230,8 +230,8 @@ def verify_output(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
         ("mlp", [], "tflite", "model.tflite"),
         ("mlp_binary", [], "tflite", "model.tflite"),
         ("forest", [], "sklearn", "model.skops"),
-        ("logistic_regression", [], "sklearn", "model.skops"),
-        ("logistic_regression", ["--runtime", "tflite"], "tflite", "model.tflite"),
+        ("logistic_regression", [], "tflite", "model.tflite"),
+        ("logistic_regression", ["--runtime", "sklearn"], "sklearn", "model.skops"),
         ("mlp", ["--runtime", "sklearn"], "sklearn", "model.skops"),
     ],
 )

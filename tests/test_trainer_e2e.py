@@ -84,7 +84,7 @@ def test_every_strategy_gives_labeled_rows_with_their_frame_range(
 
 @pytest.mark.parametrize(
     ("strategy", "model", "runtime"),
-    [("sliding_window", "logistic_regression", "sklearn"), ("none", "mlp", "tflite")],
+    [("sliding_window", "logistic_regression", "tflite"), ("none", "random_forest", "sklearn")],
 )
 def test_train_export_verify(
     datasets: dict[str, Path],

@@ -67,10 +67,15 @@ class _Dense:
     activation: str
 
 
-def is_mlp_pipeline(pipeline: Any) -> bool:
-    """Whether the pipeline's classifier is an MLP: ``export`` then runs it on TFLite by default."""
+def is_convertible(pipeline: Any) -> bool:
+    """Whether the classifier is an MLP or a logistic regression: ``export`` then uses TFLite.
+
+    On the device a TFLite graph of these answers a row in about 0.2 ms where the scikit-learn
+    pipeline takes about 1 ms (input validation in every step), and needs neither scikit-learn
+    nor skops; export proves the two agree to 1e-5 on every held-out row.
+    """
     steps = getattr(pipeline, "steps", None)
-    return bool(steps) and isinstance(steps[-1][1], MLPClassifier)
+    return bool(steps) and isinstance(steps[-1][1], CONVERTIBLE)
 
 
 def _model_steps(pipeline: Any) -> tuple[SimpleImputer, StandardScaler, Any]:
