@@ -54,9 +54,6 @@ def pose(**joints: tuple[float, float]) -> np.ndarray:
     return points
 
 
-SignedModel = PoseBundle  # a real bundle trained by the trainer's commands, and the keys around it
-
-
 @pytest.fixture(scope="session")
 def pose_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> PoseBundle:
     """A per-frame 20-pose classifier from the BODY-25 table: keygen -> dataset -> train -> export."""

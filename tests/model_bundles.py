@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import SignedModel
+from conftest import PoseBundle
 
 from device.model.bundle import MANIFEST, build_bundle, load_private_key
 
@@ -23,7 +23,7 @@ MODEL = "model.skops"
 SIZE_MARGIN = 4096
 
 
-def versions_of(model: SignedModel, work: Path, *versions: str) -> dict[str, bytes]:
+def versions_of(model: PoseBundle, work: Path, *versions: str) -> dict[str, bytes]:
     """The fixture's bundle (1.0.0) and its run exported again as each of ``versions``.
 
     The export runs through the trainer's own command, as a user would make a new version.
@@ -96,7 +96,7 @@ class BadBundle:
     """How ``str(ModelRejected)`` starts: the step, then the check."""
 
 
-def bad_bundles(good: bytes, model: SignedModel, work: Path, limit: int) -> dict[str, BadBundle]:
+def bad_bundles(good: bytes, model: PoseBundle, work: Path, limit: int) -> dict[str, BadBundle]:
     """Every way a bundle must be refused, made from ``good`` (version 1.0.0); ``limit`` is the size limit.
 
     The properly signed ones carry version 9.0.0, newer than any good version, so the store's

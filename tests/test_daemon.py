@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import Mosquitto, Subscriber, free_port
-from conftest import REPO, SignedModel, eventually
+from conftest import REPO, PoseBundle, eventually
 
 from device.config import Config, parse_config
 from device.daemon import Daemon
@@ -31,7 +31,7 @@ TOPIC = f"movement/{DEVICE}"
 
 def device_config(
     tmp_path: Path,
-    model: SignedModel,
+    model: PoseBundle,
     video: Path,
     mqtt_port: int,
     *,
@@ -58,7 +58,7 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
 
 
 def test_classifications_of_a_real_video_reach_a_subscriber_in_order(
-    tmp_path: Path, pose_model: SignedModel, data_dir: Path, run_daemon: Callable[[Config], Daemon]
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path, run_daemon: Callable[[Config], Daemon]
 ) -> None:
     with Mosquitto() as broker, Subscriber(broker.port, f"{TOPIC}/#") as sub:
         config = parse_config(
@@ -116,7 +116,7 @@ def test_classifications_of_a_real_video_reach_a_subscriber_in_order(
 
 
 def test_broker_down_at_start_then_every_classification_arrives_in_order(
-    tmp_path: Path, pose_model: SignedModel, data_dir: Path, run_daemon: Callable[[Config], Daemon]
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path, run_daemon: Callable[[Config], Daemon]
 ) -> None:
     port = free_port()
     with (
@@ -141,7 +141,7 @@ def test_broker_down_at_start_then_every_classification_arrives_in_order(
 
 
 def test_page_health_and_metrics_while_frames_flow(
-    tmp_path: Path, pose_model: SignedModel, data_dir: Path, run_daemon: Callable[[Config], Daemon]
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path, run_daemon: Callable[[Config], Daemon]
 ) -> None:
     config = device_config(
         tmp_path, pose_model, data_dir / "videos" / "dance.mp4", 1, pace="realtime", loop=True
@@ -158,7 +158,7 @@ def test_page_health_and_metrics_while_frames_flow(
 
 
 def test_a_bundle_signed_by_an_untrusted_key_leaves_the_daemon_running_without_a_model(
-    tmp_path: Path, pose_model: SignedModel, data_dir: Path, run_daemon: Callable[[Config], Daemon]
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path, run_daemon: Callable[[Config], Daemon]
 ) -> None:
     from trainer.__main__ import main as trainer
 
@@ -201,7 +201,7 @@ def _write_toml(path: Path, config: dict[str, Any]) -> Path:
 
 
 def test_sigterm_stops_cleanly_and_sigkill_leaves_the_last_will(
-    tmp_path: Path, pose_model: SignedModel, data_dir: Path
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path
 ) -> None:
     with Mosquitto() as broker, Subscriber(broker.port, f"{TOPIC}/availability") as sub:
         video = data_dir / "videos" / "dance.mp4"
@@ -233,7 +233,7 @@ def test_sigterm_stops_cleanly_and_sigkill_leaves_the_last_will(
         sub.wait_until(f"{TOPIC}/availability", lambda m: m.payload == b"offline", timeout=20)
 
 
-def test_systemd_notify_ready_and_watchdog(tmp_path: Path, pose_model: SignedModel, data_dir: Path) -> None:
+def test_systemd_notify_ready_and_watchdog(tmp_path: Path, pose_model: PoseBundle, data_dir: Path) -> None:
     import socket
 
     sock_path = tmp_path / "notify.sock"
@@ -272,7 +272,7 @@ def test_systemd_notify_ready_and_watchdog(tmp_path: Path, pose_model: SignedMod
 
 
 def test_a_bundle_whose_features_the_device_cannot_compute_is_a_clear_state_not_a_crash(
-    tmp_path: Path, pose_model: SignedModel, data_dir: Path, run_daemon: Callable[[Config], Daemon]
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path, run_daemon: Callable[[Config], Daemon]
 ) -> None:
     from model_bundles import MODEL, members, rezip
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from broker import free_port
-from conftest import SignedModel, eventually
+from conftest import PoseBundle, eventually
 
 from device.config import parse_config
 from device.daemon import Daemon, build
@@ -49,7 +49,7 @@ class Bundles:
 
 
 @pytest.fixture(scope="module")
-def bundles(pose_model: SignedModel, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+def bundles(pose_model: PoseBundle, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     work = tmp_path_factory.mktemp("bundles")
     assert trainer(["keygen", "--out", str(work / "other")]) == 0
     exports = {
@@ -109,7 +109,7 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(
-    pose_model: SignedModel, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    pose_model: PoseBundle, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
     folder = tmp_path_factory.mktemp("fleet")
     daemons: dict[str, Daemon] = {}
@@ -345,7 +345,7 @@ def test_status_shows_each_kiosks_model_and_an_unreachable_one(
 )
 def test_push_usage_errors_exit_2_before_any_upload(
     tmp_path: Path,
-    pose_model: SignedModel,
+    pose_model: PoseBundle,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     bundle: str,

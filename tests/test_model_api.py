@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto, Subscriber
-from conftest import SignedModel, eventually
+from conftest import PoseBundle, eventually
 from model_bundles import BAD_BUNDLES, BadBundle, bad_bundles, size_limit, versions_of
 
 from device.config import Config, parse_config
@@ -32,11 +32,11 @@ SLACK_S = 0.05  # scheduling jitter allowed on top of the pipeline's ordinary rh
 
 
 @pytest.fixture(scope="module")
-def versions(pose_model: SignedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def versions(pose_model: PoseBundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     return versions_of(pose_model, tmp_path_factory.mktemp("versions"), "2.0.0")
 
 
-def kiosk(state: Path, model: SignedModel, data_dir: Path, limit: int, mqtt_port: int | None) -> Config:
+def kiosk(state: Path, model: PoseBundle, data_dir: Path, limit: int, mqtt_port: int | None) -> Config:
     """A kiosk whose configuration names version 1.0.0 and whose model store lives in ``state``."""
     return parse_config(
         {
@@ -103,7 +103,7 @@ def model_state(sub: Subscriber, **expected: Any) -> dict[str, Any]:
 
 def test_a_pushed_version_takes_over_without_a_pause_and_rolls_back(
     tmp_path: Path,
-    pose_model: SignedModel,
+    pose_model: PoseBundle,
     versions: dict[str, bytes],
     data_dir: Path,
     run_daemon: Callable[[Config], Daemon],
@@ -159,7 +159,7 @@ def test_a_pushed_version_takes_over_without_a_pause_and_rolls_back(
 
 def test_a_restart_keeps_the_active_version_not_the_configured_one(
     tmp_path: Path,
-    pose_model: SignedModel,
+    pose_model: PoseBundle,
     versions: dict[str, bytes],
     data_dir: Path,
     run_daemon: Callable[[Config], Daemon],
@@ -184,7 +184,7 @@ class TestRefusals:
     def running(
         self,
         tmp_path_factory: pytest.TempPathFactory,
-        pose_model: SignedModel,
+        pose_model: PoseBundle,
         versions: dict[str, bytes],
         data_dir: Path,
     ) -> Iterator[tuple[Daemon, Subscriber]]:
@@ -201,7 +201,7 @@ class TestRefusals:
 
     @pytest.fixture(scope="class")
     def bad(
-        self, versions: dict[str, bytes], pose_model: SignedModel, tmp_path_factory: pytest.TempPathFactory
+        self, versions: dict[str, bytes], pose_model: PoseBundle, tmp_path_factory: pytest.TempPathFactory
     ) -> dict[str, BadBundle]:
         good = versions["1.0.0"]
         return bad_bundles(good, pose_model, tmp_path_factory.mktemp("bad"), size_limit(good))

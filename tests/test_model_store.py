@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SignedModel
+from conftest import PoseBundle
 from model_bundles import BadBundle, bad_bundles, members, padded, resigned, size_limit, versions_of
 
 from device.__main__ import main as device_main
@@ -23,26 +23,26 @@ from device.model.store import ModelRejected, ModelStore
 
 
 @pytest.fixture(scope="module")
-def versions(pose_model: SignedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def versions(pose_model: PoseBundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Bundles of versions 1.0.0 (the fixture's), 2.0.0 and 3.0.0 of the same trained model."""
     return versions_of(pose_model, tmp_path_factory.mktemp("versions"), "2.0.0", "3.0.0")
 
 
 @pytest.fixture(scope="module")
 def bad(
-    versions: dict[str, bytes], pose_model: SignedModel, tmp_path_factory: pytest.TempPathFactory
+    versions: dict[str, bytes], pose_model: PoseBundle, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, BadBundle]:
     good = versions["1.0.0"]
     return bad_bundles(good, pose_model, tmp_path_factory.mktemp("bad"), size_limit(good))
 
 
-def open_store(state: Path, model: SignedModel, versions: dict[str, bytes], keep: int = 3) -> ModelStore:
+def open_store(state: Path, model: PoseBundle, versions: dict[str, bytes], keep: int = 3) -> ModelStore:
     limit = size_limit(versions["1.0.0"])
     return ModelStore(state, [model.public_key], keep_versions=keep, max_bundle_bytes=limit)
 
 
 @pytest.fixture
-def store(tmp_path: Path, pose_model: SignedModel, versions: dict[str, bytes]) -> ModelStore:
+def store(tmp_path: Path, pose_model: PoseBundle, versions: dict[str, bytes]) -> ModelStore:
     return open_store(tmp_path / "state", pose_model, versions)
 
 
@@ -51,7 +51,7 @@ def stored_files(store: ModelStore) -> list[str]:
 
 
 def test_install_list_and_a_new_store_on_the_same_folder(
-    store: ModelStore, versions: dict[str, bytes], pose_model: SignedModel
+    store: ModelStore, versions: dict[str, bytes], pose_model: PoseBundle
 ) -> None:
     assert store.active() is None and store.list() == []
     first = store.install(versions["1.0.0"])
@@ -125,7 +125,7 @@ def test_a_downgrade_needs_force_and_is_then_a_rollback(
 
 
 def test_keep_versions_prunes_but_keeps_the_active_and_the_previous_one(
-    tmp_path: Path, pose_model: SignedModel, versions: dict[str, bytes]
+    tmp_path: Path, pose_model: PoseBundle, versions: dict[str, bytes]
 ) -> None:
     store = open_store(tmp_path, pose_model, versions, keep=1)
     for version in ("1.0.0", "2.0.0", "3.0.0"):
@@ -168,7 +168,7 @@ def test_the_size_limit_is_the_stores(store: ModelStore, versions: dict[str, byt
 
 
 def test_a_version_number_cannot_be_reused_for_another_bundle_without_force(
-    store: ModelStore, versions: dict[str, bytes], pose_model: SignedModel
+    store: ModelStore, versions: dict[str, bytes], pose_model: PoseBundle
 ) -> None:
     store.install(versions["1.0.0"])
     store.install(versions["2.0.0"])
@@ -231,7 +231,7 @@ def test_concurrent_changes_and_reads_stay_consistent(store: ModelStore, version
     assert [m["version"] for m in store.list()] == ["2.0.0", "1.0.0"]
 
 
-def test_a_damaged_registry_is_moved_aside(tmp_path: Path, pose_model: SignedModel) -> None:
+def test_a_damaged_registry_is_moved_aside(tmp_path: Path, pose_model: PoseBundle) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "registry.sqlite").write_bytes(b"this is not a database" * 100)
@@ -255,7 +255,7 @@ def test_model_settings_are_validated(model: dict[str, Any], message: str) -> No
 # --------------------------------------------------------------------------- the CLI
 
 
-def write_config(tmp_path: Path, model: SignedModel) -> Path:
+def write_config(tmp_path: Path, model: PoseBundle) -> Path:
     path = tmp_path / "device.toml"
     path.write_text(
         f'[device]\nstate_dir = "{tmp_path / "state"}"\n'
@@ -266,7 +266,7 @@ def write_config(tmp_path: Path, model: SignedModel) -> Path:
 
 
 def test_models_commands(
-    tmp_path: Path, pose_model: SignedModel, versions: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pose_model: PoseBundle, versions: dict[str, bytes], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = str(write_config(tmp_path, pose_model))
     files = {}
