@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import eventually
 
 from device.capture import Capture, FrameSlot
-from device.config import CameraSource, CaptureSection, FileSource
+from device.config import CameraSource, CaptureSection, FileSource, UrlSource
 from device.keypoints import empty_points
 from device.sources import Frame
 from device.status import StatusBoard
@@ -127,3 +130,42 @@ def test_a_missing_video_file_is_an_error_state(tmp_path: Path) -> None:
         "source": "",
         "detail": f"{tmp_path / 'gone.mp4'}: no such video file",
     }
+
+
+class _VideoServer:
+    """Serves a folder over HTTP on a loopback port: an 'IP camera' that can be unplugged."""
+
+    def __init__(self, folder: Path, port: int = 0) -> None:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *args: None  # type: ignore[method-assign]
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="video-server", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_a_network_stream_is_read_and_reopened_after_it_is_lost(data_dir: Path) -> None:
+    server = _VideoServer(data_dir / "videos")
+    port = server.port
+    status = StatusBoard("t")
+    source = UrlSource(kind="url", url=f"http://127.0.0.1:{port}/example_video.webm")  # streamable
+    capture = Capture(source, CaptureSection(reconnect_initial_s=0.1, reconnect_max_s=0.5), status)
+    capture.start()
+    try:
+        first = capture.slot.get(20)
+        assert first is not None and first.image.shape == (720, 1280, 3)
+        assert status.snapshot()["camera"]["state"] == "running"
+        server.stop()  # the stream ends and the "camera" is gone: reopen attempts fail
+        eventually(lambda: status.snapshot()["camera"]["state"] == "reconnecting", 30, "reconnecting")
+        server = _VideoServer(data_dir / "videos", port)  # plugged back in
+        eventually(lambda: status.snapshot()["camera"]["state"] == "running", 30, "running again")
+        assert status.snapshot()["counters"]["source_reopens"] >= 1
+        assert capture.slot.get(10) is not None
+    finally:
+        capture.stop()
+        server.stop()
