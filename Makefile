@@ -13,7 +13,7 @@ DEBIAN_PACKAGES := mosquitto mosquitto-clients chromium systemd
 
 venv: $(STAMP)
 
-$(STAMP): requirements/device.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/device.txt requirements/scale.txt requirements/dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/dev.txt
