@@ -8,6 +8,9 @@ possible uses the ``block`` policy instead — the reader is the pace, so no fra
 
 A lost camera or stream is reopened with exponential backoff; a file playlist that ends (without
 ``loop``) ends the capture, and the status says so — the daemon does not crash-loop over it.
+A *looping* playlist stands in for a camera on an unattended kiosk, so it is treated like one: a
+file that vanishes, cannot be opened or decodes to nothing is skipped and counted while the others
+play, and when no file at all can be played the playlist is reopened with backoff until one can.
 """
 
 from __future__ import annotations
@@ -141,44 +144,72 @@ class Playlist:
     """Video files played in order, optionally looping, at their frame rate or as fast as possible.
 
     Frames keep each file's own numbering and timestamps; ``Frame.source`` names the file, so the
-    pipeline can tell where one clip ends and the next begins.
+    pipeline can tell where one clip ends and the next begins. Every file must exist when the
+    playlist opens (a typo in the config is an error, not a wait). Later, a file that cannot be
+    played is skipped (``files_skipped``) and frames its header promised but that never decoded
+    are counted (``frames_undecodable``); each file's trouble is logged when it begins, not on
+    every pass. A pass in which no file played raises :class:`SourceError`.
     """
 
-    def __init__(self, paths: list[Path], loop: bool, realtime: bool, stop: threading.Event) -> None:
+    def __init__(
+        self, paths: list[Path], loop: bool, realtime: bool, stop: threading.Event, status: StatusBoard
+    ) -> None:
         for path in paths:
             if not path.is_file():
                 raise SourceError(f"{path}: no such video file")
         self.name = ", ".join(p.name for p in paths)
         self._paths, self._loop, self._realtime, self._stop = paths, loop, realtime, stop
+        self._status = status
         self._current: VideoFileSource | None = None
+        self._troubled: set[Path] = set()  # files whose trouble was logged and has not cleared
 
     def __iter__(self) -> Iterator[Frame]:
         while not self._stop.is_set():
+            played = False
             for path in self._paths:
-                self._current = VideoFileSource(path)
-                started = time.monotonic()
-                for frame in self._current:
-                    if self._stop.is_set():
-                        return
-                    if self._realtime:  # pace at the file's own timestamps
-                        delay = started + frame.timestamp_ms / 1000.0 - time.monotonic()
-                        if delay > 0:
-                            self._stop.wait(delay)
-                    # a fresh capture time: latency counts from when the frame was due, not decoded
-                    yield Frame(frame.image, frame.frame_number, frame.timestamp_ms, frame.source)
-                self._current.close()
+                self._current = None
+                try:
+                    self._current = VideoFileSource(path)
+                    started = time.monotonic()
+                    for frame in self._current:
+                        if self._stop.is_set():
+                            return
+                        if self._realtime:  # pace at the file's own timestamps
+                            delay = started + frame.timestamp_ms / 1000.0 - time.monotonic()
+                            if delay > 0:
+                                self._stop.wait(delay)
+                        played = True
+                        # a fresh capture time: latency counts from when the frame was due, not decoded
+                        yield Frame(frame.image, frame.frame_number, frame.timestamp_ms, frame.source)
+                except SourceError as exc:
+                    self._trouble(path, "files_skipped", 1, f"skipped ({exc})")
+                    continue
+                finally:
+                    self.close()
+                if self._current.undecoded:
+                    self._trouble(path, "frames_undecodable", self._current.undecoded, "cut short")
+                else:
+                    self._troubled.discard(path)  # it played in full again
+            if not played:
+                raise SourceError(f"{self.name}: no file of the playlist could be played")
             if not self._loop:
                 return
+
+    def _trouble(self, path: Path, counter: str, count: int, what: str) -> None:
+        self._status.count(counter, count)
+        if path not in self._troubled:
+            self._troubled.add(path)
+            log.warning(f"video file {what}", extra={"path": str(path), counter: count})
 
     def close(self) -> None:
         if self._current is not None:
             self._current.close()
 
 
-def open_source(config: SourceSection, stop: threading.Event) -> FrameSource:
+def open_source(config: SourceSection, stop: threading.Event, status: StatusBoard) -> FrameSource:
     """The frame source a config section describes (a registry on the section's ``kind``)."""
     if isinstance(config, FileSource):
-        return Playlist(config.paths, config.loop, config.pace == "realtime", stop)
+        return Playlist(config.paths, config.loop, config.pace == "realtime", stop, status)
     if isinstance(config, CameraSource):
         size = (config.width, config.height) if config.width and config.height else None
         api = cv2.CAP_V4L2 if isinstance(config.device, str) else cv2.CAP_ANY
@@ -200,10 +231,11 @@ class Capture:
         source: SourceSection,
         settings: CaptureSection,
         status: StatusBoard,
-        opener: Callable[[SourceSection, threading.Event], FrameSource] = open_source,
+        opener: Callable[[SourceSection, threading.Event, StatusBoard], FrameSource] = open_source,
     ) -> None:
         self._config, self._settings, self._status, self._opener = source, settings, status, opener
-        self._live = not isinstance(source, FileSource)
+        # cameras, streams and looping playlists are reopened after a loss; a single pass just ends
+        self._reopens = not isinstance(source, FileSource) or source.loop
         self.slot = FrameSlot(block=isinstance(source, FileSource) and source.pace == "fast")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
@@ -221,9 +253,9 @@ class Capture:
         backoff = self._settings.reconnect_initial_s
         while not self._stop.is_set():
             try:
-                source = self._opener(self._config, self._stop)
+                source = self._opener(self._config, self._stop, self._status)
             except SourceError as exc:
-                if not self._live:  # a missing file will not appear by waiting
+                if not self._reopens:  # a single pass of a missing file: nothing to wait for
                     self._finish("error", str(exc))
                     return
                 backoff = self._wait_to_reopen(str(exc), backoff)
@@ -245,11 +277,11 @@ class Capture:
                     if self._stop.is_set():
                         break
                 else:
-                    if not self._live:
+                    if not self._reopens:
                         self._finish("ended", "the video playlist has ended")
                         return
             except SourceError as exc:
-                if not self._live:
+                if not self._reopens:
                     self._finish("error", str(exc))
                     return
                 backoff = self._wait_to_reopen(str(exc), backoff)

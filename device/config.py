@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 SECRET_ENV = {"mqtt_password": "MOVEMENT_EDGE_MQTT_PASSWORD", "http_token": "MOVEMENT_EDGE_HTTP_TOKEN"}
+_SECRET_KEYS = frozenset({"password", "token"})
 
 
 DEVICE_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -38,7 +39,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: an infinite interval or limit is a typo, and waits of inf overflow.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DeviceSection(_Section):
@@ -172,6 +174,12 @@ class OutboxSection(_Section):
     synchronous: Literal["full", "normal"] = Field(
         "full", description="full: results survive a power cut; normal: a crash, with fewer SD writes"
     )
+    # A row bound alone does not bound the file: payloads vary in size, and the kiosk's SD card is
+    # shared with the OS and the models. Reaching this size is handled like a full disk: the
+    # oldest rows make room and are counted as dropped (see device/outbox.py).
+    max_mb: float | None = Field(
+        None, ge=0.1, description="size cap of the SQLite file in MB; beyond it the oldest rows are dropped"
+    )
 
 
 class HttpSection(_Section):
@@ -226,7 +234,10 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "union_tag_not_found":
         return f"{key}.kind: required (file, camera, url, gstreamer or picamera2)"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message} (got {error.get('input')!r})"
+    value = error.get("input")
+    if isinstance(value, dict) or _SECRET_KEYS & set(map(str, loc)):
+        return f"{key}: {message}"  # a whole table may hold a secret; a secret is never echoed
+    return f"{key}: {message} (got {value!r})"
 
 
 def parse_config(
@@ -234,14 +245,16 @@ def parse_config(
 ) -> Config:
     """Validate a config mapping; secrets from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a table of sections, got {type(data).__name__}")
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for name, (section, key) in {
         "mqtt_password": ("mqtt", "password"),
         "http_token": ("http", "token"),
     }.items():
         value = _secret(name, env)
-        if value:
-            data.setdefault(section, {})[key] = value
+        if value and isinstance(data.setdefault(section, {}), dict):  # else validation names the section
+            data[section][key] = value
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -256,22 +269,28 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    except RecursionError:  # arrays nested thousands deep: the parser recurses once per level
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
     config = parse_config(data, str(path), env)
-    return _resolve_paths(config, path.parent)
+    return _resolve_paths(config, path.parent, str(path))
 
 
-def _resolve_paths(config: Config, base: Path) -> Config:
+def _resolve_paths(config: Config, base: Path, source: str) -> Config:
     """Make every relative path absolute against the config file's folder."""
 
-    def fix(value: Any) -> Any:
+    def fix(value: Any, key: str) -> Any:
         if isinstance(value, Path):
-            return value if value.is_absolute() else (base / value).resolve()
+            try:
+                return value if value.is_absolute() else (base / value).resolve()
+            except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+                raise ConfigError(f"{source}: {key}: not a usable path ({exc})") from None
         if isinstance(value, list):
-            return [fix(v) for v in value]
+            return [fix(v, f"{key}.{i}") for i, v in enumerate(value)]
         if isinstance(value, BaseModel):
-            return value.model_copy(update={k: fix(getattr(value, k)) for k in type(value).model_fields})
+            fixed = {k: fix(getattr(value, k), f"{key}.{k}".lstrip(".")) for k in type(value).model_fields}
+            return value.model_copy(update=fixed)
         return value
 
-    return fix(config)
+    return fix(config, "")

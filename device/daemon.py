@@ -79,6 +79,7 @@ class Daemon:
         self._ready_sent = False
         self._person_present: bool | None = None
         self._last_prediction_payload: dict | None = None
+        self._storing_fails = False  # the last append to the outbox failed (logged once per run)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -91,8 +92,12 @@ class Daemon:
         config = self.config
         config.device.state_dir.mkdir(parents=True, exist_ok=True)
         if config.mqtt.enabled:
+            cap_mb = config.outbox.max_mb
             self.outbox = Outbox.open_or_reset(
-                config.outbox_path, max_rows=config.outbox.max_rows, synchronous=config.outbox.synchronous
+                config.outbox_path,
+                max_rows=config.outbox.max_rows,
+                synchronous=config.outbox.synchronous,
+                max_bytes=None if cap_mb is None else int(cap_mb * 2**20),
             )
             self.publisher = MqttPublisher(config.mqtt, config.device.id, self.outbox, self.status)
             self.publisher.start()
@@ -324,8 +329,10 @@ class Daemon:
     def _emit(self, payload: dict) -> None:
         """Store the classification durably, then let the publisher send it.
 
-        A failing outbox (disk full, a broken database) costs this one result, which is logged
-        and counted; the pipeline keeps classifying and the page keeps showing results.
+        A failing outbox (disk full, a broken database) costs this one result, which is counted
+        (``outbox_errors``; the outbox counts a full disk's losses as dropped too); the pipeline
+        keeps classifying and the page keeps showing results. The error is logged when such a
+        run of failures begins, not 20 times a second into a journal on the same full disk.
         """
         self._last_prediction_payload = payload
         if self.outbox is None or self.publisher is None:
@@ -333,9 +340,14 @@ class Daemon:
         try:
             seq = self.outbox.append(self.publisher.topic("classification"), payload)
         except (OutboxError, ValueError) as exc:
-            log.error("classification not stored", extra={"reason": str(exc)})
+            if not self._storing_fails:
+                log.error("classification not stored", extra={"reason": str(exc)})
+            self._storing_fails = True
             self.status.count("outbox_errors")
             return
+        if self._storing_fails:
+            log.info("classifications stored again", extra={"path": str(self.outbox.path)})
+            self._storing_fails = False
         self._last_prediction_payload = {"seq": seq, **payload}
         self.publisher.notify()
         self.publisher.set_state(

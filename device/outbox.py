@@ -23,6 +23,15 @@ Decisions, and why:
   are deleted in the same transaction and counted; the counter lives in the database, so the
   loss is reported even after a restart. New results are worth more than old ones on a live
   display, and the count says exactly how much history was given up.
+- **A size cap, and a full disk, under the same policy.** ``max_bytes`` (config
+  ``outbox.max_mb``) becomes SQLite's ``max_page_count``, so the file cannot outgrow its share of
+  an SD card. When an append meets ``SQLITE_FULL`` — that cap, or a disk that filled up — the
+  oldest rows are deleted to make room for the new one *in the same transaction* (a failed try
+  rolls back, deletions included), so the newest result is kept and every loss is counted. Only
+  when even an empty table cannot take the row is the message itself lost: it has no ``seq``,
+  :class:`OutboxFullError` says so, and it is still counted as dropped (written to the database
+  with the next append that succeeds). Nothing needs resetting: once acknowledgements free pages
+  (or the disk has room again) appends simply succeed.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ log = logging.getLogger("device.outbox")
 DROP_OLDEST = "drop_oldest"
 SCHEMA_VERSION = 1
 _CORRUPTION = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_ROOM_FIRST_DROP = 16  # rows deleted by the first try to make room (a page holds several rows)
+_ROOM_GROWTH = 4  # each further try deletes this many times more, up to every row
 _SIDECARS = ("-wal", "-shm")
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outbox (
@@ -73,6 +84,10 @@ class OutboxCorruptError(OutboxError):
     """The file is not a readable SQLite database (it may be moved aside, see ``open_or_reset``)."""
 
 
+class OutboxFullError(OutboxError):
+    """SQLite said ``database or disk is full`` and no room could be made: the message was dropped."""
+
+
 @dataclass(frozen=True)
 class OutboxMessage:
     """One stored message, ready to hand to MQTT: the payload is the exact JSON bytes to send."""
@@ -89,14 +104,19 @@ class Outbox:
 
     policy = DROP_OLDEST
 
-    def __init__(self, path: str | Path, max_rows: int, synchronous: str = "full") -> None:
+    def __init__(
+        self, path: str | Path, max_rows: int, synchronous: str = "full", max_bytes: int | None = None
+    ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)} (got {synchronous!r})")
         self.synchronous = synchronous
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1 (got {max_rows})")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1 (got {max_bytes})")
         self.path = Path(path)
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._db: Database | None = None
         try:
@@ -112,6 +132,7 @@ class Outbox:
             self._prepare(db)
             self._depth = db["outbox"].count
             self._dropped = self._read_dropped(db)
+            self._unsaved_drops = 0  # messages lost without a row, not yet added to the stored counter
         except sqlite3.Error as exc:
             connection.close()
             raise self._error("open", exc) from exc
@@ -122,7 +143,9 @@ class Outbox:
         self._full = False  # inside an overflow episode (logged once when it begins)
 
     @classmethod
-    def open_or_reset(cls, path: str | Path, max_rows: int, synchronous: str = "full") -> Outbox:
+    def open_or_reset(
+        cls, path: str | Path, max_rows: int, synchronous: str = "full", max_bytes: int | None = None
+    ) -> Outbox:
         """Open the outbox; a corrupt file is renamed ``<name>.corrupt-<UTC time>`` and a new one started.
 
         The daemon must keep running on a kiosk nobody watches, so a damaged database costs its
@@ -130,7 +153,7 @@ class Outbox:
         """
         path = Path(path)
         try:
-            return cls(path, max_rows, synchronous)
+            return cls(path, max_rows, synchronous, max_bytes)
         except OutboxCorruptError as exc:
             moved = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
             for suffix in ("", *_SIDECARS):
@@ -141,7 +164,7 @@ class Outbox:
                 "outbox corrupt; moved aside",
                 extra={"path": str(path), "moved_to": str(moved), "reason": str(exc)},
             )
-            return cls(path, max_rows, synchronous)
+            return cls(path, max_rows, synchronous, max_bytes)
 
     # ------------------------------------------------------------------ writing
 
@@ -151,31 +174,37 @@ class Outbox:
         The stored JSON is ``{"seq": seq, **payload}`` (a ``seq`` key in ``payload`` is replaced).
         Raises ``ValueError`` for a topic MQTT cannot publish to or a payload JSON cannot represent
         (NaN, infinity), so a bad message fails at its producer instead of blocking the queue.
+        When the file is full, the oldest rows make room (counted in :attr:`dropped`); raises
+        :class:`OutboxFullError` only when not even an empty outbox has room (also counted).
         """
         _check_topic(topic)
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2 (got {qos})")
         body = {key: value for key, value in payload.items() if key != "seq"}
+        row = {"topic": topic, "payload": "", "qos": qos, "retain": int(retain), "created": time.time()}
         with self._lock:
-            with self._transaction("append") as db:
-                seq = (
-                    db["outbox"]
-                    .insert(
-                        {
-                            "topic": topic,
-                            "payload": "",
-                            "qos": qos,
-                            "retain": int(retain),
-                            "created": time.time(),
-                        }
-                    )
-                    .last_pk
-                )
-                text = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False)
-                db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", [text, seq])
-                dropped = self._drop_oldest(db, self._depth + 1 - self.max_rows)
+            room = 0  # rows deleted to make room for this one (grows only after SQLITE_FULL)
+            while True:
+                try:
+                    with self._transaction("append") as db:
+                        dropped = self._drop_oldest(db, max(room, self._depth + 1 - self.max_rows))
+                        seq = db["outbox"].insert(row).last_pk
+                        text = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False)
+                        db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", [text, seq])
+                        self._save_drops(db, dropped + self._unsaved_drops)
+                    break
+                except OutboxFullError:
+                    if room >= self._depth:  # nothing left to delete: this message is lost
+                        self._unsaved_drops += 1
+                        self._dropped += 1
+                        self._overflowing("no room even in an empty outbox; the message is lost")
+                        raise
+                    room = min(self._depth, max(_ROOM_FIRST_DROP, room * _ROOM_GROWTH))
             self._depth += 1 - dropped
             self._dropped += dropped
+            self._unsaved_drops = 0
+            if dropped:
+                self._overflowing("dropping the oldest messages")
         return seq
 
     def ack(self, *seqs: int) -> int:
@@ -191,25 +220,36 @@ class Outbox:
                 marks = ",".join("?" * len(seqs))
                 removed = db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", list(seqs)).rowcount
             self._depth -= removed
-            if self._depth < self.max_rows:
+            if removed:  # the backlog shrinks: an overflow episode is over
                 self._full = False
         return removed
 
     def _drop_oldest(self, db: Database, count: int) -> int:
-        """Delete the ``count`` oldest rows (the ``drop_oldest`` policy) and add them to the counter."""
+        """Delete the ``count`` oldest rows (the ``drop_oldest`` policy); the caller counts them."""
         if count <= 0:
             return 0
-        dropped = db.execute(
+        return db.execute(
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", [count]
         ).rowcount
-        db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", [dropped])
-        if not self._full:  # once per overflow episode, not once per append
+
+    @staticmethod
+    def _save_drops(db: Database, count: int) -> None:
+        if count > 0:
+            db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", [count])
+
+    def _overflowing(self, what: str) -> None:
+        """Log once per overflow episode (it ends when the broker acknowledges), not once per append."""
+        if not self._full:
             self._full = True
             log.warning(
-                "outbox full; dropping the oldest messages",
-                extra={"path": str(self.path), "max_rows": self.max_rows, "policy": self.policy},
+                f"outbox full; {what}",
+                extra={
+                    "path": str(self.path),
+                    "max_rows": self.max_rows,
+                    "max_bytes": self.max_bytes,
+                    "policy": self.policy,
+                },
             )
-        return dropped
 
     # ------------------------------------------------------------------ reading
 
@@ -235,7 +275,11 @@ class Outbox:
 
     @property
     def dropped(self) -> int:
-        """Rows deleted by the bound since the database was created (survives restarts)."""
+        """Messages dropped by the bounds (rows, size, a full disk) since the file was created.
+
+        Survives restarts; a message lost while nothing could be written is added to the stored
+        count by the next append that succeeds.
+        """
         with self._lock:
             return self._dropped
 
@@ -257,7 +301,7 @@ class Outbox:
     # ------------------------------------------------------------------ internals
 
     def _prepare(self, db: Database) -> None:
-        """Check the file, switch to WAL + FULL, create the schema (all idempotent)."""
+        """Check the file, switch to WAL + FULL, create the schema, apply the size cap (all idempotent)."""
         problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
         if problems != ["ok"]:
             raise OutboxCorruptError(f"{self.path}: damaged database ({'; '.join(problems[:3])})")
@@ -271,6 +315,9 @@ class Outbox:
         with db.atomic():
             for statement in _SCHEMA:
                 db.execute(statement)
+        if self.max_bytes is not None:  # per connection; SQLite never sets it below the file's size
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
 
     @staticmethod
     def _read_dropped(db: Database) -> int:
@@ -291,6 +338,8 @@ class Outbox:
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and code & 0xFF in _CORRUPTION:
             return OutboxCorruptError(f"{self.path}: not a usable SQLite database ({exc})")
+        if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+            return OutboxFullError(f"{self.path}: {operation} failed ({exc})")
         return OutboxError(f"{self.path}: {operation} failed ({exc})")
 
 

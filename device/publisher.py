@@ -167,6 +167,7 @@ def stats_payload(snapshot: Mapping[str, Any], cpu_temp_c: float | None) -> dict
             "dropped": counters["frames_dropped"],
             "processed": counters["frames_processed"],
             "without_person": counters["frames_without_person"],
+            "undecodable": counters["frames_undecodable"],
         },
         "classifications": counters["classifications"],
         "outbox": dict(snapshot["outbox"]),

@@ -69,6 +69,16 @@ class VideoFileSource:
         self.frame_count: int = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
         self.width: int = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height: int = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.decoded = 0  # frames yielded so far
+
+    @property
+    def undecoded(self) -> int:
+        """After a full pass: frames the container announced that never decoded (0 if it states none).
+
+        A damaged file skips frames and a truncated one ends early, without an error from OpenCV;
+        comparing with the header's count is the only way to notice, and to count, the loss.
+        """
+        return max(self.frame_count - self.decoded, 0)
 
     def __iter__(self) -> Iterator[Frame]:
         frame_number = 0
@@ -83,6 +93,7 @@ class VideoFileSource:
             if timestamp_ms <= 0 and frame_number > 1:
                 timestamp_ms = (frame_number - 1) * 1000.0 / self.fps
             image.setflags(write=False)
+            self.decoded = frame_number
             yield Frame(image, frame_number, timestamp_ms, str(self.path))
         if frame_number == 0:
             raise SourceError(f"{self.path}: no frame could be decoded")

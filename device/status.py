@@ -91,7 +91,9 @@ class StatusBoard:
             "frames_without_person": 0,
             "classifications": 0,
             "source_reopens": 0,
-            "outbox_errors": 0,
+            "files_skipped": 0,  # playlist files that could not be played on a pass
+            "frames_undecodable": 0,  # frames a video's header promised that never decoded
+            "outbox_errors": 0,  # classifications the outbox could not store
         }
         self._camera: dict[str, Any] = {"state": "starting", "source": "", "detail": ""}
         self._model: ModelInfo | None = None

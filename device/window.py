@@ -3,7 +3,10 @@
 Frames arrive one at a time; every ``stride`` frames, once ``size`` frames are held, the window
 is handed on as an immutable :class:`Window`. The ring buffer is preallocated, so the hot path
 copies one ``(33, 5)`` row per frame and nothing else. Frames without a person are either
-skipped (the window spans the gap) or reset the window, as the model's bundle says.
+skipped (the window spans the gap) or reset the window, as the model's bundle says. Skipping is
+meant for short dropouts (a missed detection, someone briefly occluded): once a whole window's
+worth of consecutive frames had nobody in them, the window is reset anyway, so a window never
+joins the end of one visit to the start of the next minutes later.
 """
 
 from __future__ import annotations
@@ -39,19 +42,22 @@ class RollingWindow:
         self._count = 0  # frames held, up to size
         self._head = 0  # where the next frame goes
         self._since_emit = 0
+        self._absent = 0  # consecutive frames without a person
 
     def reset(self) -> None:
         """Forget everything (a new clip, a model with another window, a reset policy)."""
-        self._count = self._head = self._since_emit = 0
+        self._count = self._head = self._since_emit = self._absent = 0
 
     def push(
         self, frame_number: int, timestamp_ms: float, captured_at: float, points: np.ndarray | None
     ) -> Window | None:
         """Add one frame (``points`` is ``(33, 5)`` or None without a person); maybe emit a window."""
         if points is None:
-            if self.no_person == "reset":
+            self._absent += 1
+            if self.no_person == "reset" or self._absent >= self.size:
                 self.reset()
             return None
+        self._absent = 0
         self._points[self._head] = points
         self._frames[self._head] = frame_number
         self._stamps[self._head] = timestamp_ms

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from device.outbox import DROP_OLDEST, Outbox, OutboxCorruptError, OutboxError
+from device.outbox import DROP_OLDEST, Outbox, OutboxCorruptError, OutboxError, OutboxFullError
 
 TOPIC = "movement/kiosk/classification"
 
@@ -181,3 +182,39 @@ def test_open_or_reset_keeps_a_healthy_file(path: Path) -> None:
     with Outbox.open_or_reset(path, max_rows=10) as outbox:
         assert outbox.depth == 1
     assert not list(path.parent.glob("*.corrupt-*"))
+
+
+def _page_count(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        return connection.execute("PRAGMA page_count").fetchone()[0]
+
+
+def test_a_size_cap_drops_the_oldest_rows_on_sqlite_full_and_keeps_the_newest(path: Path) -> None:
+    cap = 64 * 1024
+    row = {"probabilities": {f"label{i}": 0.05 for i in range(20)}}  # about a real result's size
+    with Outbox(path, max_rows=100_000, max_bytes=cap) as outbox:
+        appended = [outbox.append(TOPIC, row) for _ in range(600)]  # about 4x what fits
+        assert appended == list(range(1, 601))  # every append returned: none raised
+        kept = seqs(outbox, limit=1000)
+        assert outbox.dropped > 0 and outbox.depth == len(kept)
+        assert outbox.dropped + outbox.depth == 600  # every loss counted
+        assert kept == list(range(601 - len(kept), 601))  # the newest survive, oldest went first
+        outbox.ack(*kept)  # the broker took them: pages are free again
+        dropped = outbox.dropped
+        more = len(kept) // 2
+        assert [outbox.append(TOPIC, row) for _ in range(more)] == list(range(601, 601 + more))
+        assert (outbox.dropped, outbox.depth) == (dropped, more)  # recovered: nothing more is dropped
+    assert _page_count(path) * 4096 <= cap
+    with Outbox(path, max_rows=100_000, max_bytes=cap) as outbox:
+        assert outbox.dropped == dropped  # the count survives a restart
+
+
+def test_a_message_that_cannot_fit_even_an_empty_outbox_is_counted_and_the_count_is_saved(path: Path) -> None:
+    with Outbox(path, max_rows=100, max_bytes=1) as outbox:  # capped at the fresh file's own size
+        with pytest.raises(OutboxFullError, match="full"):
+            outbox.append(TOPIC, {"blob": "x" * 10_000})  # needs overflow pages that cannot be had
+        assert (outbox.depth, outbox.dropped) == (0, 1)
+        assert outbox.append(TOPIC, {}) == 1  # a small one fits; the lost one never got a seq
+        assert (outbox.depth, outbox.dropped) == (1, 1)
+    with Outbox(path, max_rows=100) as outbox:
+        assert outbox.dropped == 1  # written with the append that succeeded

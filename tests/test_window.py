@@ -51,6 +51,22 @@ def test_frames_without_a_person_skip_or_reset(policy: str, expected: list[int] 
     assert (None if result is None else result.frame_numbers.tolist()) == expected
 
 
+def test_skipping_spans_short_gaps_but_a_window_long_absence_resets() -> None:
+    window = RollingWindow(size=3, stride=1, no_person="skip")
+    window.push(1, 0, 0, _points(1))
+    window.push(2, 0, 0, _points(2))
+    for frame in (3, 4):  # two missing frames: shorter than a window, spanned
+        window.push(frame, 0, 0, None)
+    spanned = window.push(5, 0, 0, _points(5))
+    assert spanned is not None and spanned.frame_numbers.tolist() == [1, 2, 5]
+    for frame in (6, 7, 8):  # a whole window without anyone: the next visit starts afresh
+        window.push(frame, 0, 0, None)
+    assert window.push(9, 0, 0, _points(9)) is None
+    window.push(10, 0, 0, _points(10))
+    fresh = window.push(11, 0, 0, _points(11))
+    assert fresh is not None and fresh.frame_numbers.tolist() == [9, 10, 11]
+
+
 def _frame(n: int) -> Frame:
     image = np.zeros((2, 2, 3), np.uint8)
     image.setflags(write=False)
