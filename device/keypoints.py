@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,31 +209,52 @@ def frame_record(
     }
 
 
-def _joints_from_record(record: dict, pixel_scale: bool, where: str) -> np.ndarray:
+def _number(value: object, what: str, where: str, default: float = np.nan) -> float:
+    """A JSON value as a float (``null`` or absent is ``default``); anything else is an error naming it.
+
+    Frame files come from other tools and other people: a string, an object or an integer too
+    large for a float must end in a :class:`KeypointFileError`, not in whatever ``float()`` raises.
+    """
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise KeypointFileError(f"{where}: {what} must be a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise KeypointFileError(f"{where}: {what} is out of range") from None
+
+
+def _whole(value: object, what: str, where: str) -> int:
+    """A JSON integer that fits the arrays (int64): frame numbers and image sizes."""
+    if isinstance(value, bool) or not isinstance(value, int) or not _INT64_MIN <= value <= _INT64_MAX:
+        raise KeypointFileError(f"{where}: {what} must be a whole number, got {value!r:.40}")
+    return value
+
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+def _joints_from_record(record: dict, pixel_scale: bool, width: int, height: int, where: str) -> np.ndarray:
     """The ``(33, 5)`` array of one frame object; unknown joint names are an error."""
     joints = np.full((len(JOINTS), len(CHANNELS)), np.nan)
     positions = record.get("joint_positions") or {}
     if not isinstance(positions, dict):
         raise KeypointFileError(f"{where}: joint_positions must be an object")
-    dims = record.get("image_dimensions") or {}
-    width, height = float(dims.get("width", 1)), float(dims.get("height", 1))
     for name, entry in positions.items():
         index = JOINT_INDEX.get(name)
         if index is None:
             raise KeypointFileError(f"{where}: unknown joint {name!r}")
-        try:
-            x, y, z = float(entry["x"]), float(entry["y"]), float(entry.get("z", np.nan))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeypointFileError(f"{where}: joint {name!r} lacks numeric x/y") from exc
+        if entry is None:  # written as null: not detected in this frame
+            continue
+        if not isinstance(entry, dict) or entry.get("x") is None or entry.get("y") is None:
+            raise KeypointFileError(f"{where}: joint {name!r} lacks numeric x/y")
+        at = f"{where}, joint {name!r}"
+        x, y, z = (_number(entry.get(axis), axis, at) for axis in ("x", "y", "z"))
         if not pixel_scale:  # the seed stored MediaPipe's image-relative x, y, z in "x", "y", "z"
             x, y, z = x * width, y * height, z * width
-        joints[index] = (
-            x,
-            y,
-            z,
-            float(entry.get("visibility", 1.0)),
-            float(entry.get("presence", np.nan)),
-        )
+        visibility = _number(entry.get("visibility"), "visibility", at, default=1.0)
+        joints[index] = (x, y, z, visibility, _number(entry.get("presence"), "presence", at))
     return joints
 
 
@@ -244,19 +266,26 @@ def _sequence_from_records(records: list[dict], where: str, pixel_scale: bool) -
     sizes = np.empty((n, 2), dtype=np.int64)
     sequence_id = ""
     for i, record in enumerate(records):
+        at = f"{where}, frame {i + 1}"
         if not isinstance(record, dict):
-            raise KeypointFileError(f"{where}, frame {i + 1}: expected a JSON object")
-        try:
-            frame_numbers[i] = int(record["frame_number"])
-            dims = record["image_dimensions"]
-            sizes[i] = (int(dims["height"]), int(dims["width"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KeypointFileError(
-                f"{where}, frame {i + 1}: missing frame_number or image_dimensions"
-            ) from exc
-        timestamps[i] = float(record.get("timestamp_ms", np.nan))
-        points[i] = _joints_from_record(record, pixel_scale, f"{where}, frame {frame_numbers[i]}")
-        sequence_id = sequence_id or str(record.get("sequence_id", ""))
+            raise KeypointFileError(f"{at}: expected a JSON object")
+        dims = record.get("image_dimensions")
+        sized = isinstance(dims, dict) and {"height", "width"} <= dims.keys()
+        if "frame_number" not in record or not sized:
+            raise KeypointFileError(f"{at}: missing frame_number or image_dimensions")
+        frame_numbers[i] = _whole(record["frame_number"], "frame_number", at)
+        sizes[i] = (_whole(dims["height"], "image height", at), _whole(dims["width"], "image width", at))
+        timestamps[i] = _number(record.get("timestamp_ms"), "timestamp_ms", at)
+        height, width = (int(v) for v in sizes[i])
+        points[i] = _joints_from_record(
+            record, pixel_scale, width, height, f"{where}, frame {frame_numbers[i]}"
+        )
+        identifier = record.get("sequence_id")
+        if isinstance(identifier, int) and not isinstance(identifier, bool):
+            identifier = str(identifier)  # the seed wrote a number (its recording's start time)
+        elif identifier is not None and not isinstance(identifier, str):
+            raise KeypointFileError(f"{at}: sequence_id must be a string, got {type(identifier).__name__}")
+        sequence_id = sequence_id or identifier or ""
     return KeypointSequence(sequence_id, frame_numbers, timestamps, sizes, points)
 
 
@@ -273,6 +302,8 @@ def read_frames_jsonl(path: str | Path) -> KeypointSequence:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise KeypointFileError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from exc
+                except RecursionError:  # "[[[[…": json recurses once per level
+                    raise KeypointFileError(f"{path}:{line_number}: JSON nested too deeply") from None
     except OSError as exc:
         raise KeypointFileError(f"{path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
@@ -304,6 +335,8 @@ def read_seed_folder(folder: str | Path) -> KeypointSequence:
             records.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise KeypointFileError(f"{path}: not a readable JSON frame ({exc})") from exc
+        except RecursionError:
+            raise KeypointFileError(f"{path}: JSON nested too deeply") from None
     sequence = _sequence_from_records(records, str(folder), pixel_scale=False)
     return KeypointSequence(
         folder.name, sequence.frame_numbers, sequence.timestamps_ms, sequence.sizes, sequence.points
@@ -419,8 +452,10 @@ def read_body25_table(path: str | Path) -> Body25Table:
             reader = csv.reader(handle)
             header = next(reader, None)
             rows = list(reader)
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise KeypointFileError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
+    except csv.Error as exc:  # a field over csv's size limit, for one
+        raise KeypointFileError(f"{path}: not a readable CSV table ({exc})") from exc
     expected = ["label", "accuracy"] + [f"{a}{i}" for i in range(25) for a in ("x", "y")]
     if header is None or [h.strip() for h in header] != expected:
         raise KeypointFileError(f"{path}: expected the columns label, accuracy, x0, y0 … x24, y24")

@@ -9,7 +9,9 @@ Routes: ``/`` the status page; ``/frame.jpg`` and ``/stream.mjpg`` the live view
 skeleton; ``/api/status`` the status snapshot; ``/healthz`` (200 only while frames flow and a model
 is loaded); ``/metrics`` Prometheus text; ``GET /api/models``; ``POST /api/models[?force=1]`` (a
 bundle as the body or as the multipart file field ``bundle``); ``POST
-/api/models/<version>/activate[?force=1]``. Errors under ``/api/`` are JSON ``{"error": …}``.
+/api/models/<version>/activate[?force=1]``; ``/api/openapi.json`` the OpenAPI 3 description of
+all of these (``device/openapi.json``). Errors under ``/api/`` are JSON ``{"error": …}``, and so
+are the refusals waitress makes itself (a body over the upload limit, a malformed request).
 
 The two POSTs need ``Authorization: Bearer <token>``. Only the token's SHA-256 is held and it is
 compared in constant time; without a configured token they are disabled (403), so a kiosk on an
@@ -29,7 +31,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 from flask import Flask, Response, abort, jsonify, render_template, request
 from prometheus_client import CollectorRegistry
@@ -38,6 +42,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
+from waitress.task import ErrorTask
 from werkzeug.exceptions import HTTPException
 
 from device.overlay import draw_view, encode_jpeg
@@ -57,10 +62,13 @@ _BOUNDARY = "frame"
 _NO_STORE = {"Cache-Control": "no-store"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _WORKER_STOP_TIMEOUT_S = 5.0
+_SWEEP_INTERVAL_S = 0.5  # how often the serving loop looks for overdue requests
 # waitress buffers up to 16 MB per connection by default: for a viewer on a slow link that is a
 # live view minutes behind. Above this the stream's worker waits, then sends the newest frame.
 _OUTPUT_BUFFER_BYTES = 512 * 1024
 _QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
+OPENAPI = Path(__file__).with_name("openapi.json")
+"""The OpenAPI 3 description of the HTTP API, served at ``/api/openapi.json``."""
 _COUNTER_HELP = {
     "frames_captured": "Frames read from the source",
     "frames_dropped": "Frames skipped because the pipeline was busy",
@@ -68,6 +76,9 @@ _COUNTER_HELP = {
     "frames_without_person": "Processed frames in which nobody was found",
     "classifications": "Windows classified",
     "source_reopens": "Times the frame source was reopened after a failure",
+    "files_skipped": "Playlist files skipped because they could not be played",
+    "frames_undecodable": "Frames a video's header announced that did not decode",
+    "outbox_errors": "Classifications the outbox could not store",
 }
 _TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"})
 _SECURITY_HEADERS = {
@@ -286,11 +297,19 @@ def create_app(
     app = Flask(__name__)  # templates/ and static/ beside this module
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the pipeline stage order
+    # "/api/models/a%2F/activate" must be a 404, not an HTML 308 redirect an API client cannot use.
+    app.url_map.merge_slashes = False
     streams = LiveStreams(max_streams)
     app.extensions[STREAMS_EXTENSION] = streams
     _add_pages(app, status, streams, device_name or status.device_id)
     _add_monitoring(app, status)
     _add_models(app, status, models, _bearer_guard(token_sha256))
+    description = OPENAPI.read_bytes()
+
+    @app.get("/api/openapi.json")
+    def openapi() -> Response:
+        return Response(description, mimetype="application/json")
+
     _add_error_handling(app)
     return app
 
@@ -436,6 +455,79 @@ def _add_error_handling(app: Flask) -> None:
         return response
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client may take of the server, so slow or greedy clients cannot starve the others.
+
+    waitress reads requests in its event loop, not in worker threads, so clients that send byte by
+    byte or sit idle hold no worker; what they can exhaust is ``connection_limit`` (beyond it
+    waitress stops accepting, and ``/healthz`` hangs for everyone). So one client address may hold
+    at most ``per_client`` connections (the load benchmark keeps 50 busy ones), a request must
+    arrive within ``grace_s`` plus one second per ``min_rate`` bytes (a slowloris that dribbles
+    headers is closed; a 64 MB upload at 100 KB/s is not), and an idle connection is closed after
+    ``idle_s``.
+    """
+
+    total: int = 256
+    per_client: int = 64
+    grace_s: float = 10.0
+    min_rate: float = 16 * 1024
+    idle_s: float = 30.0
+
+
+class _JsonErrorTask(ErrorTask):
+    """waitress's own refusals (413 over the upload limit, 400 for a malformed request, 431 …) as
+    the API's JSON errors, so a client never has to parse waitress's plain-text page."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = json.dumps({"error": f"{error.reason}: {error.body}"}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.extend([("Content-Type", "application/json"), *_SECURITY_HEADERS.items()])
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _GuardedChannel(HTTPChannel):
+    """A waitress connection that knows when its request began and refuses to crowd out others."""
+
+    error_task_class = _JsonErrorTask
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+
+    def __init__(self, server: BaseWSGIServer, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
+        super().__init__(server, sock, addr, adj, map)
+        self.request_began: float | None = None
+        self.request_bytes = 0
+        client = self.client
+        same = sum(1 for c in self._map.values() if isinstance(c, _GuardedChannel) and c.client == client)
+        if same > self.limits.per_client:
+            log.warning("refused a connection: %s already holds %d", client, self.limits.per_client)
+            self.close()
+
+    @property
+    def client(self) -> str:
+        return str(self.addr[0] if isinstance(self.addr, tuple) else self.addr)
+
+    def received(self, data: bytes) -> bool:
+        if data and self.request is None:
+            self.request_began, self.request_bytes = time.monotonic(), 0
+        self.request_bytes += len(data)
+        result = super().received(data)
+        if self.request is None:  # complete (or refused): nothing is being waited for
+            self.request_began = None
+        return result
+
+    def overdue(self, now: float) -> bool:
+        """A request still arriving after its grace plus what its bytes so far bought.
+
+        Not while a response is being made: waitress reads no further until it is sent.
+        """
+        if self.request_began is None or self.requests:
+            return False
+        return now - self.request_began > self.limits.grace_s + self.request_bytes / self.limits.min_rate
+
+
 class WebServer:
     """Serves a WSGI app with waitress in one named daemon thread, with an explicit ``stop()``.
 
@@ -445,7 +537,9 @@ class WebServer:
     not thread-safe), after the app's live streams were told to end, then stops the workers.
     """
 
-    def __init__(self, app: Flask, bind: str, port: int, *, threads: int = 8) -> None:
+    def __init__(
+        self, app: Flask, bind: str, port: int, *, threads: int = 8, limits: ConnectionLimits | None = None
+    ) -> None:
         try:
             ipaddress.ip_address(bind)
         except ValueError:
@@ -458,6 +552,7 @@ class WebServer:
         self.port = port
         """The bound port once started (the free port picked when 0 was asked for)."""
         self._threads = threads
+        self.limits = limits or ConnectionLimits()
         self._map: dict[int, Any] = {}
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -484,8 +579,14 @@ class WebServer:
             threads=self._threads,
             ident="movement-edge",
             outbuf_high_watermark=_OUTPUT_BUFFER_BYTES,
+            connection_limit=self.limits.total,
+            channel_timeout=self.limits.idle_s,
+            cleanup_interval=min(self.limits.idle_s, _SWEEP_INTERVAL_S),
             **extra,
         )
+        # This server's limits on every connection it accepts (a class per server, as waitress
+        # constructs channels itself from ``channel_class``).
+        server.channel_class = type("Channel", (_GuardedChannel,), {"limits": self.limits})
         self._server = server
         self.port = int(server.effective_port)
         self._thread = threading.Thread(target=self._serve, args=(server,), name="http", daemon=True)
@@ -511,14 +612,19 @@ class WebServer:
             log.warning("the web server thread did not stop within %.1f s", timeout_s)
 
     def _serve(self, server: BaseWSGIServer) -> None:
+        swept = time.monotonic()
         try:
             while not self._stopping.is_set():
                 wasyncore.loop(
-                    timeout=server.adj.asyncore_loop_timeout,
+                    timeout=min(server.adj.asyncore_loop_timeout, _SWEEP_INTERVAL_S),
                     use_poll=server.adj.asyncore_use_poll,
                     map=self._map,
                     count=1,
                 )
+                now = time.monotonic()
+                if now - swept >= _SWEEP_INTERVAL_S:
+                    self._close_overdue(now)
+                    swept = now
         finally:
             # Connections first: a worker writing to one gets ClientDisconnected at once instead of
             # waiting for a loop that no longer runs. The trigger stays open until the workers are
@@ -528,3 +634,12 @@ class WebServer:
             server.task_dispatcher.shutdown(timeout=_WORKER_STOP_TIMEOUT_S)
             server.close()  # the listening socket and the trigger
             self._map.clear()
+
+    def _close_overdue(self, now: float) -> None:
+        """Close connections whose request is too slow in coming (from the loop's own thread)."""
+        for channel in [c for c in self._map.values() if isinstance(c, _GuardedChannel) and c.overdue(now)]:
+            log.warning(
+                "closed a slow connection",
+                extra={"client": channel.client, "bytes": channel.request_bytes},
+            )
+            channel.handle_close()

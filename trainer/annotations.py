@@ -85,6 +85,8 @@ def read_json_annotations(path: str | Path) -> AnnotationFile:
         raise AnnotationError(f"{path}: cannot read ({exc.strerror})") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AnnotationError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:  # "[[[[…": the parser recurses once per level
+        raise AnnotationError(f"{path}: not valid JSON (nested too deeply)") from None
     if not (
         isinstance(data, dict)
         and isinstance(data.get("name"), str)
@@ -199,6 +201,8 @@ class LabelMapping:
             raise AnnotationError(f"{path}: cannot read ({exc.strerror})") from exc
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise AnnotationError(f"{path}: not valid TOML ({exc})") from exc
+        except RecursionError:
+            raise AnnotationError(f"{path}: not valid TOML (nested too deeply)") from None
         table = data.get("columns")
         if set(data) != {"columns"} or not isinstance(table, dict) or not table:
             expected = 'exactly one table, [columns], holding column = ["Label", ...]'

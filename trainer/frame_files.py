@@ -10,10 +10,12 @@ never reads frame files, so pyarrow stays off the device.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from device.keypoints import CHANNELS, JOINTS, KeypointSequence, empty_points, frames_stem, read_keypoints
@@ -33,6 +35,10 @@ _SCHEMA = pa.schema(
 # Anything outside the frame schema (an unknown joint above all) fails here and goes to the reference
 # reader, which refuses unknown joints by name and tolerates other extra fields.
 _OPTIONS = pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="error")
+# pyarrow 19's reader crashes the process (SIGSEGV) when a block starts with a ``null`` value, e.g. a
+# file whose first line is ``null`` (found by tests/test_hostile_files.py). Every line of a frame
+# file is an object, so a line starting with anything else never reaches pyarrow.
+_NOT_AN_OBJECT = re.compile(rb"^[ \t\r\f\v]*[^{\s]", re.MULTILINE)
 
 
 def read_frames(path: str | Path) -> KeypointSequence:
@@ -41,7 +47,13 @@ def read_frames(path: str | Path) -> KeypointSequence:
     if path.is_dir() or not path.is_file():
         return read_keypoints(path)
     try:
-        table = pj.read_json(path, parse_options=_OPTIONS)
+        data = path.read_bytes()
+    except OSError:
+        return read_keypoints(path)
+    if _NOT_AN_OBJECT.search(data):  # one C-speed scan; such lines are errors the reference names
+        return read_keypoints(path)
+    try:
+        table = pj.read_json(pa.BufferReader(data), parse_options=_OPTIONS)
         sequence = _from_table(table, path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, ValueError):
         return read_keypoints(path)  # the reference reader says precisely what is wrong
@@ -54,7 +66,8 @@ def _from_table(table: pa.Table, path: Path) -> KeypointSequence:
     heights = dims.field("height").to_numpy(zero_copy_only=False)
     widths = dims.field("width").to_numpy(zero_copy_only=False)
     frame_numbers = table.column("frame_number").to_numpy()
-    if dims.null_count or table.column("frame_number").null_count:
+    nulls = (dims, dims.field("height"), dims.field("width"), table.column("frame_number"))
+    if any(column.null_count for column in nulls):
         raise ValueError("missing frame_number or image_dimensions")
     stamps = table.column("timestamp_ms").to_numpy()
     positions = table.column("joint_positions").combine_chunks()
@@ -65,13 +78,17 @@ def _from_table(table: pa.Table, path: Path) -> KeypointSequence:
         seen = column.is_valid().to_numpy(zero_copy_only=False) & present
         if not seen.any():
             continue
+        for axis in ("x", "y"):  # a joint without x or y is an error the reference reader names
+            if (~column.field(axis).is_valid().to_numpy(zero_copy_only=False) & seen).any():
+                raise ValueError(f"a joint without {axis}")
         for c, channel in enumerate(CHANNELS):
             values = column.field(channel).to_numpy(zero_copy_only=False)
             if channel == "visibility":  # the reference reader's default for a missing score
                 values = np.where(np.isnan(values), 1.0, values)
             points[seen, j, c] = values[seen]
-    ids = table.column("sequence_id").drop_null()
-    sequence_id = str(ids[0]) if len(ids) and str(ids[0]) else frames_stem(path)
+    ids = table.column("sequence_id")
+    named = ids.filter(pc.not_equal(ids, ""))  # nulls are dropped too: the first real one, as the reference
+    sequence_id = named[0].as_py() if len(named) else frames_stem(path)
     return KeypointSequence(
         sequence_id,
         frame_numbers.astype(np.int64),

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -49,7 +50,11 @@ MAX_BUNDLE_SIZE = 64 * 1024 * 1024
 MAX_MODEL_SIZE = 64 * 1024 * 1024
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # 20 sample rows of a few thousand window columns fit easily
 SIGNATURE_SIZE = 64
+MAX_WINDOW_FRAMES = 3600
+"""Two minutes at 30 fps. The device keeps a window in memory and the schema check names its
+columns, so a (signed) manifest asking for millions of frames must be refused, not attempted."""
 _S_IFMT, _S_IFLNK = 0o170000, 0o120000  # file-type bits of a zip entry's Unix mode
+_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -163,11 +168,13 @@ def _nested(key: str, parse: Callable[[Any], Any], value: Any) -> Any:
         raise _Invalid(f"{key}: {exc}") from None
 
 
-def _int(value: Any, minimum: int | None = None) -> int:
+def _int(value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(f"expected an integer, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise _Invalid(f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise _Invalid(f"must be <= {maximum}, got {value}")
     return value
 
 
@@ -233,7 +240,7 @@ def _feature_spec(value: Any) -> FeatureSpec:
     data = _exact_keys(value, FeatureSpec().to_dict())
     try:
         return FeatureSpec.from_dict(data)
-    except (ValueError, TypeError) as exc:  # FeatureSpecError, or a value of the wrong kind
+    except (ValueError, TypeError, OverflowError) as exc:  # FeatureSpecError, or a value of the wrong kind
         raise _Invalid(str(exc)) from None
 
 
@@ -243,7 +250,7 @@ def _window(value: Any) -> WindowSpec | None:
     data = _exact_keys(value, ("size", "stride", "flatten", "pool"))
     try:
         return WindowSpec(
-            size=_nested("size", _int, data["size"]),
+            size=_nested("size", lambda v: _int(v, maximum=MAX_WINDOW_FRAMES), data["size"]),
             stride=_nested("stride", _int, data["stride"]),
             flatten=_nested("flatten", _bool, data["flatten"]),
             pool=_nested("pool", lambda v: _list(v, _text, unique=True), data["pool"]),
@@ -396,6 +403,8 @@ class Manifest:
             raise BundleError("manifest", str(exc)) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError("manifest", f"{MANIFEST} is not valid JSON ({exc})") from None
+        except RecursionError:  # "[[[[…": the parser recurses once per level
+            raise BundleError("manifest", f"{MANIFEST} is nested too deeply") from None
         return cls.from_dict(document)
 
     @classmethod
@@ -509,6 +518,8 @@ def _check_layout(infos: list[zipfile.ZipInfo]) -> str:
     for info in infos:
         if _unsafe_name(info):
             raise BundleError("layout", f"member {info.filename!r} is not allowed")
+        if info.compress_type not in _COMPRESSIONS:  # what build_bundle writes; no other decompressor runs
+            raise BundleError("layout", f"member {info.filename!r} is not stored or deflated")
     for i, name in enumerate(names):
         if name in names[:i]:
             raise BundleError("layout", f"member {name!r} appears twice")
@@ -531,7 +542,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
     try:
         with archive.open(name) as handle:
             data = handle.read(limit + 1)
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError, EOFError) as exc:
         raise BundleError("zip", f"cannot read member {name!r} ({exc})") from exc
     if len(data) > limit:
         raise BundleError("size", f"member {name!r} is larger than the limit of {limit} bytes")
@@ -563,7 +574,7 @@ def open_bundle(
     data = _read_source(source, max_size)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError) as exc:
         raise BundleError("zip", f"not a readable zip file ({exc})") from exc
     with archive:
         infos = archive.infolist()

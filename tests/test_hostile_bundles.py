@@ -1,0 +1,196 @@
+"""Hostile model bundles: ``open_bundle`` admits a bundle or refuses it with a ``BundleError``.
+
+Three kinds of attack, each property-based (hypothesis): zip bytes mutated after writing (flipped
+bytes, truncation, every compression method zipfile knows), manifests that are signed with the
+trusted test key — so the signature check passes and the manifest schema is what stands between
+the bytes and the device — with any value changed, removed or added anywhere in the document,
+and arbitrary bytes as a signed manifest. The model file is opaque bytes here: ``open_bundle``
+hashes it and never loads it (loading is the runtime's step, tested in test_bundle.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from model_bundles import members, rezip
+from test_hostile_files import JSON_VALUES
+
+from device.features import FeatureEngine, FeatureSpec
+from device.model.bundle import (
+    MANIFEST,
+    SIGNATURE,
+    BundleError,
+    VerifiedBundle,
+    build_bundle,
+    open_bundle,
+    sign_manifest,
+)
+
+KEY = Ed25519PrivateKey.generate()
+TRUSTED = [KEY.public_key()]
+MODEL_BYTES = b"an opaque model file: open_bundle checks its hash and never deserializes it"
+COLUMNS = list(FeatureEngine(FeatureSpec()).names[:4])
+STEPS = {"zip", "size", "layout", "signature", "manifest", "hash", "compatibility"}
+"""Every check ``open_bundle`` names; a refusal must be one of them."""
+BASE: dict[str, Any] = {
+    "schema_version": 1,
+    "model_id": "hostile",
+    "version": "1.0.0",
+    "created_at": "2026-11-24T22:00:00+00:00",
+    "runtime": "sklearn",
+    "model_file": "model.skops",
+    "target": "label",
+    "feature_spec": FeatureSpec().to_dict(),
+    "columns": COLUMNS,
+    "labels": ["a", "b"],
+    "window": {"size": 5, "stride": 1, "flatten": False, "pool": ["mean"]},
+    "preprocessing": None,
+    "decision": {"threshold": 0.5, "smoothing": {"kind": "majority", "k": 3}, "no_person": "skip"},
+    "metrics": {"accuracy": 0.9},
+    "dataset_fingerprint": "sha256:" + "0" * 64,
+    "min_device_version": "0.1.0",
+    "library_versions": {"numpy": "1.26.4"},
+    "samples": {"rows": [[0.1, None, 0.3, 0.4]], "probabilities": [[0.4, 0.6]]},
+}
+BASE["columns"] = [f"mean.{c}" for c in COLUMNS]
+GOOD = build_bundle(BASE, MODEL_BYTES, KEY)
+SIGNED_MANIFEST: dict[str, Any] = json.loads(members(GOOD)[MANIFEST])
+
+# Each case opens one small in-memory bundle (well under a millisecond apart from hypothesis).
+BUNDLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def opened(data: bytes) -> VerifiedBundle | BundleError:
+    try:
+        return open_bundle(data, TRUSTED, max_size=1 << 20, max_model_size=1 << 20)
+    except BundleError as exc:
+        assert exc.step in STEPS and exc.message, exc
+        return exc
+
+
+def signed(manifest: bytes, model: bytes = MODEL_BYTES) -> bytes:
+    """A bundle whose manifest is ``manifest`` exactly, signed with the trusted key."""
+    return rezip({MANIFEST: manifest, "model.skops": model, SIGNATURE: sign_manifest(manifest, KEY)})
+
+
+def test_the_unmutated_bundle_opens() -> None:
+    assert isinstance(opened(GOOD), VerifiedBundle)
+    assert isinstance(opened(signed(json.dumps(SIGNED_MANIFEST).encode())), VerifiedBundle)
+
+
+# --------------------------------------------------------------------------- zip bytes
+
+COMPRESSIONS = [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
+
+
+def compressed(method: int) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(GOOD)) as source:
+        files = {info.filename: source.read(info) for info in source.infolist()}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        for name, payload in files.items():
+            archive.writestr(name, payload)
+    return buffer.getvalue()
+
+
+VARIANTS = {method: compressed(method) for method in COMPRESSIONS}
+
+
+@BUNDLES
+@given(
+    method=st.sampled_from(COMPRESSIONS),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.just(0), st.integers(1, 300)),
+)
+def test_mutated_zip_bytes_are_refused_by_name(method: int, flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(VARIANTS[method])
+    for position, mask in flips:
+        data[position % len(data)] ^= mask
+    result = opened(bytes(data[: len(data) - cut]))
+    if isinstance(result, VerifiedBundle):  # a flip the zip format ignores (a timestamp, say)
+        assert result.model_bytes == MODEL_BYTES and result.manifest.model_id == "hostile"
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.one_of(st.binary(max_size=400), st.binary(max_size=60).map(lambda b: b"PK\x03\x04" + b)))
+def test_bytes_that_are_not_a_bundle_are_refused(data: bytes) -> None:
+    assert isinstance(opened(data), BundleError)
+
+
+# --------------------------------------------------------------------------- signed, hostile manifests
+
+
+def paths(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON document a value sits, parents before children."""
+    found = [prefix] if prefix else []
+    if isinstance(document, dict):
+        for key, value in document.items():
+            found += paths(value, (*prefix, key))
+    elif isinstance(document, list):
+        for index, value in enumerate(document):
+            found += paths(value, (*prefix, index))
+    return found
+
+
+PLACES = paths(SIGNED_MANIFEST)
+HOSTILE = st.one_of(
+    JSON_VALUES,
+    st.integers(-(2**80), 2**80),
+    st.sampled_from([10**400, -1, 0, 10**6, 2**31, "", "0" * 5000 + "1", "9." * 300 + "9", "../x"]),
+    st.integers(1, 5000).map(lambda n: [[]] * n),
+)
+
+
+@st.composite
+def hostile_manifests(draw: st.DrawFn) -> bytes:
+    """The signed manifest with one to three places changed, removed or given an unknown sibling."""
+    document = json.loads(json.dumps(SIGNED_MANIFEST))
+    for _ in range(draw(st.integers(1, 3))):
+        place = draw(st.sampled_from(PLACES))
+        parent: Any = document
+        try:
+            for step in place[:-1]:
+                parent = parent[step]
+            action = draw(st.sampled_from(["set", "set", "set", "remove", "add"]))
+            if action == "set":
+                parent[place[-1]] = draw(HOSTILE)
+            elif action == "remove":
+                del parent[place[-1]]
+            elif isinstance(parent, dict):
+                parent[draw(st.text(min_size=1, max_size=8))] = draw(HOSTILE)
+        except (KeyError, IndexError, TypeError):  # an earlier change removed or replaced this place
+            continue
+    return json.dumps(document, indent=2).encode()  # NaN and Infinity included when drawn: JSON has neither
+
+
+@BUNDLES
+@given(manifest=hostile_manifests(), nesting=st.sampled_from([0] * 9 + [50_000]))
+def test_signed_hostile_manifests_are_refused_by_the_schema(manifest: bytes, nesting: int) -> None:
+    manifest = b"[" * nesting + manifest + b"]" * nesting
+    result = opened(signed(manifest))
+    if isinstance(result, VerifiedBundle):
+        assert result.manifest_bytes == manifest and result.signer
+    else:
+        assert result.step in {"manifest", "signature", "layout", "compatibility"}, result
+
+
+@settings(max_examples=100, deadline=None)
+@given(manifest=st.one_of(st.binary(max_size=200), JSON_VALUES.map(lambda v: json.dumps(v).encode())))
+def test_signed_manifests_that_are_not_manifests_are_refused(manifest: bytes) -> None:
+    result = opened(signed(manifest))
+    assert isinstance(result, BundleError) and result.step == "manifest", result
+
+
+@pytest.mark.parametrize("size", [10**9, 10**7])
+def test_a_signed_manifest_asking_for_a_huge_window_is_refused_at_once(size: int) -> None:
+    """Found by reasoning about the schema: checking its columns would name ``size`` × features frames."""
+    window = {**SIGNED_MANIFEST["window"], "size": size, "flatten": True}
+    result = opened(signed(json.dumps({**SIGNED_MANIFEST, "window": window}).encode()))
+    assert isinstance(result, BundleError) and result.message.startswith("window: size: must be <= ")
