@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 import tomllib
 import zipfile
@@ -37,6 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from device.cli import Command, ExitStatus, UsageError
 from device.config import DEVICE_ID
 from device.model.bundle import MANIFEST, MAX_MANIFEST_SIZE
+from provisioning import registry
+from trainer import tracking
 
 T = TypeVar("T")
 
@@ -505,15 +508,28 @@ Network failures and 5xx are retried with exponential backoff; a refusal (4xx) i
 Exit status: 0 when every device is ok, 1 when any is not, 2 for a usage error (bad fleet file,
 missing bundle, a token's environment variable unset).
 
+BUNDLE may be a registered model version (optional extra: pip install .[mlflow]):
+models:/NAME@ALIAS or models:/NAME/VERSION in the MLflow store of --tracking-uri (default
+$MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db, where `trainer train --mlflow` registers). The
+bundle is downloaded and checked against the version's sha256, model id and version tags before
+anything is uploaded. --promote ALIAS then moves ALIAS to that version, only if every device is ok.
+
 Examples:
   python -m provisioning push model.zip --fleet fleet.toml
   python -m provisioning push model.zip --fleet fleet.toml --device kiosk-1 --device kiosk-2
   KIOSK1_TOKEN=... python -m provisioning push old.zip --fleet fleet.toml --force   # a downgrade
+  python -m provisioning push models:/poses@candidate --fleet fleet.toml --promote production
+  python -m provisioning push models:/poses@production --fleet fleet.toml --device kiosk-3 \\
+      --tracking-uri http://mlflow.lan:5000
 """
 
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, help="signed bundle from `python -m trainer export`")
+    parser.add_argument(
+        "bundle",
+        metavar="BUNDLE",
+        help="signed bundle from `python -m trainer export`, or models:/NAME@ALIAS from the MLflow registry",
+    )
     _fleet_arguments(parser)
     parser.add_argument(
         "--timeout",
@@ -525,12 +541,54 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="allow a downgrade; upload even if already active"
     )
+    parser.add_argument(
+        "--tracking-uri", metavar="URI", help="MLflow store of a models:/ BUNDLE (default: see above)"
+    )
+    parser.add_argument(
+        "--promote", metavar="ALIAS", help="for a models:/ BUNDLE: move ALIAS to it when every device is ok"
+    )
 
 
 def run_push(args: argparse.Namespace) -> int:
     devices = select(load_fleet(args.fleet), args.device)
-    bundle = read_bundle(args.bundle)
-    tokens = {entry.name: token_for(entry, os.environ) for entry in devices}  # all checked before any upload
+    if not registry.is_model_uri(args.bundle):
+        for option, value in (("--tracking-uri", args.tracking_uri), ("--promote", args.promote)):
+            if value is not None:
+                raise UsageError(f"{option} needs a registered bundle (models:/NAME@ALIAS)")
+        bundle = read_bundle(Path(args.bundle))
+        return push_bundle(args, devices, _tokens(devices), bundle)
+    tokens = _tokens(devices)
+    alias = tracking.check_alias(args.promote, "--promote") if args.promote else None
+    with tempfile.TemporaryDirectory(prefix="movement-edge-push-") as work:
+        registered = registry.fetch(args.bundle, tracking.tracking_uri(args.tracking_uri), Path(work))
+        bundle = read_bundle(registered.path)
+        registered.check_identity(bundle.model_id, bundle.version)
+        print(
+            f"{args.bundle} is version {registered.version} of {registered.name}: {bundle.label}, "
+            "sha256 as registered",
+            file=sys.stderr,
+        )
+        status = push_bundle(args, devices, tokens, bundle)
+    if alias is not None:
+        if status == ExitStatus.OK:
+            print(registry.promote(registered, alias), file=sys.stderr)
+        else:
+            print(
+                f"models:/{registered.name}@{alias} not moved: not every device runs {bundle.label}",
+                file=sys.stderr,
+            )
+    return status
+
+
+def _tokens(devices: Sequence[DeviceEntry]) -> dict[str, str]:
+    """Every selected device's token, all checked before any upload."""
+    return {entry.name: token_for(entry, os.environ) for entry in devices}
+
+
+def push_bundle(
+    args: argparse.Namespace, devices: Sequence[DeviceEntry], tokens: Mapping[str, str], bundle: BundleFile
+) -> int:
+    """Push ``bundle`` to ``devices`` at once and print the table; 0 when every device is ok."""
     policy = RetryPolicy()
     print(f"pushing {bundle.label} ({len(bundle.data)} bytes) to {len(devices)} device(s)", file=sys.stderr)
 

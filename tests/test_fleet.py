@@ -18,6 +18,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,12 @@ class Fleet:
         return path
 
 
-@pytest.fixture(scope="module")
-def fleet(
-    pose_model: PoseBundle, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Fleet]:
-    folder = tmp_path_factory.mktemp("fleet")
+@contextmanager
+def running_fleet(pose_model: PoseBundle, data_dir: Path, folder: Path) -> Iterator[Fleet]:
+    """Both kiosks classifying on loopback ports, each on the fixture's 1.0.0; stopped at the end.
+
+    Also used by test_mlflow.py, which pushes registered versions to its own fleet.
+    """
     daemons: dict[str, Daemon] = {}
     tokens = {name: hashlib.sha256(name.encode()).hexdigest()[:32] for name in KIOSKS}
     try:
@@ -144,6 +146,14 @@ def fleet(
     finally:
         for daemon in daemons.values():
             daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    pose_model: PoseBundle, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    with running_fleet(pose_model, data_dir, tmp_path_factory.mktemp("fleet")) as running:
+        yield running
 
 
 @pytest.fixture

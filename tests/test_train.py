@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +67,18 @@ class Result:
     err: str
 
 
-def train(*argv: object) -> Result:
-    """Run ``python -m trainer train ARGV`` in-process and capture what it prints."""
+def run_cli(entry: Callable[[Sequence[str]], int], *argv: object) -> Result:
+    """A command's real entry point (``trainer``'s or ``provisioning``'s main), in-process, with
+    what it prints; test_mlflow.py uses it too."""
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = main(["train", *map(str, argv)])
+        code = entry([str(arg) for arg in argv])
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def train(*argv: object) -> Result:
+    """Run ``python -m trainer train ARGV`` in-process and capture what it prints."""
+    return run_cli(main, "train", *argv)
 
 
 def load_run(run_dir: Path) -> tuple[dict, dict, dict[str, np.ndarray]]:

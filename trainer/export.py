@@ -51,9 +51,11 @@ from device.model.runtimes import (
     load_runtime,
     load_skops,
 )
+from trainer import tracking
 from trainer.tflite import TFLiteConversionError, convert_pipeline, is_convertible
 
 SAMPLE_ROWS = 20
+DEFAULT_THRESHOLD, DEFAULT_SMOOTHING, DEFAULT_NO_PERSON = 0.0, "none", "skip"
 PRIVATE_KEY, PUBLIC_KEY = "signing.key", "signing.pub"
 _FLATTENED = re.compile(r"f\d+\.")
 
@@ -299,10 +301,10 @@ def _smoothing(text: str) -> dict[str, Any]:
     return {"kind": kind, "k": int(count)}
 
 
-def _decision(args: argparse.Namespace) -> dict[str, Any]:
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError(f"--threshold must be within 0..1, got {args.threshold}")
-    return {"threshold": args.threshold, "smoothing": _smoothing(args.smoothing), "no_person": args.no_person}
+def _decision(threshold: float, smoothing: str, no_person: str) -> dict[str, Any]:
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be within 0..1, got {threshold}")
+    return {"threshold": threshold, "smoothing": _smoothing(smoothing), "no_person": no_person}
 
 
 def _metrics(run: Run, probabilities: np.ndarray) -> dict[str, float]:
@@ -397,6 +399,13 @@ Examples:
   python -m trainer export runs/step --out step.zip --key keys/signing.key \\
       --model-id step-type --smoothing majority:5 --threshold 0.6
   python -m trainer export runs/clips --out clips.zip --key keys/signing.key --window 30 --stride 5
+
+With --mlflow (a run trained with `train --mlflow`, optional extra: pip install .[mlflow]) the
+bundle is also logged to that run (RUN_DIR/mlflow.json says where) and registered as a new version
+of --register NAME (default: the model train registered there), pointed at by --alias (default
+candidate); --model-id defaults to the model id train gave that bundle:
+  python -m trainer export runs/steps --out steps-3.zip --key keys/signing.key --version 3.0.0 \\
+      --smoothing majority:5 --mlflow --alias candidate
 """
 
 
@@ -404,54 +413,163 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory written by `train`")
     parser.add_argument("--out", type=Path, required=True, help="bundle to write (.zip)")
     parser.add_argument("--key", type=Path, required=True, help="signing key (signing.key from `keygen`)")
-    parser.add_argument("--model-id", help="model id on the devices (default: the target column)")
+    parser.add_argument(
+        "--model-id",
+        help="model id on the devices (default: the target column; with --mlflow the one train registered)",
+    )
     parser.add_argument("--version", help="dotted-integer version (default: UTC time YYYY.MM.DD.HHMMSS)")
     parser.add_argument("--window", type=int, metavar="W", help="frames per window (default: the run's)")
     parser.add_argument(
         "--stride", type=int, metavar="S", help="frames between windows (default: the run's, or 1)"
     )
-    parser.add_argument("--threshold", type=float, default=0.0, help="minimum confidence to publish a label")
     parser.add_argument(
-        "--smoothing", default="none", help="none | majority:K (vote of the last K windows) | hysteresis"
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="minimum confidence to publish a label"
     )
-    parser.add_argument("--no-person", choices=NO_PERSON_POLICIES, default="skip", help="when nobody is seen")
+    parser.add_argument(
+        "--smoothing",
+        default=DEFAULT_SMOOTHING,
+        help="none | majority:K (vote of the last K windows) | hysteresis",
+    )
+    parser.add_argument(
+        "--no-person", choices=NO_PERSON_POLICIES, default=DEFAULT_NO_PERSON, help="when nobody is seen"
+    )
     parser.add_argument(
         "--runtime",
         choices=("auto", *MODEL_FILES),
         default="auto",
         help="device runtime (default auto: tflite for an MLP or logistic regression, sklearn otherwise)",
     )
+    mlflow = parser.add_argument_group(f"MLflow registry ({tracking.EXTRA})")
+    mlflow.add_argument(
+        "--mlflow", action="store_true", help="log and register the bundle in the run's MLflow run"
+    )
+    mlflow.add_argument(
+        "--tracking-uri", metavar="URI", help=f"default: the store recorded in RUN_DIR/{tracking.RUN_RECORD}"
+    )
+    mlflow.add_argument(
+        "--register", metavar="NAME", help="registered model name (default: train's, else the model id)"
+    )
+    mlflow.add_argument(
+        "--alias", metavar="ALIAS", help=f"alias of the new version (default {tracking.DEFAULT_ALIAS})"
+    )
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to make a bundle, checked before the (slow) run directory is read and converted.
+
+    ``export`` builds it from its options; ``train --key`` from its own, with export's defaults
+    for the rest, so both commands make identical bundles from identical choices.
+    """
+
+    private_key: Ed25519PrivateKey
+    version: str
+    created_at: str
+    decision: dict[str, Any]
+    model_id: str | None = None  # None: the run's target column
+    window: int | None = None
+    stride: int | None = None
+    runtime: str = "auto"
+
+
+def export_settings(
+    key: Path,
+    *,
+    model_id: str | None = None,
+    version: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    smoothing: str = DEFAULT_SMOOTHING,
+    no_person: str = DEFAULT_NO_PERSON,
+    window: int | None = None,
+    stride: int | None = None,
+    runtime: str = "auto",
+) -> ExportSettings:
+    """Load the signing key and check the options; every problem is a :class:`UsageError`."""
+    try:
+        private_key = load_private_key(key)
+    except BundleError as exc:
+        raise UsageError(f"--key {exc.message}") from exc
+    now = datetime.now(UTC).replace(microsecond=0)
+    return ExportSettings(
+        private_key=private_key,
+        version=_version(version, now),
+        created_at=now.isoformat(),
+        decision=_decision(threshold, smoothing, no_person),
+        model_id=model_id,
+        window=window,
+        stride=stride,
+        runtime=runtime,
+    )
+
+
+def export_run(run_dir: Path, out: Path, settings: ExportSettings) -> VerifiedBundle:
+    """Read, convert, sign and write ``run_dir``'s model to ``out``, then verify it as a device would."""
+    run = read_run(run_dir)  # the slow part: loading the skops file
+    options = {
+        "version": settings.version,
+        "created_at": settings.created_at,
+        "decision": settings.decision,
+        "model_id": settings.model_id or run.info["target"],
+        "window": _window(run, settings.window, settings.stride),
+    }
+    model = EXPORTERS[_runtime_name(run, settings.runtime)](run)
+    try:
+        write_bundle(out, build_manifest(run, model, options), model.content, settings.private_key)
+    except BundleError as exc:
+        raise UsageError(f"{run_dir}: the device would refuse this bundle ({exc})") from exc
+    return _check_written(out, settings.private_key.public_key())
+
+
+def describe(path: Path, bundle: VerifiedBundle) -> str:
+    """One line naming what a written bundle holds and who signed it."""
+    shown = bundle.manifest
+    return (
+        f"{path}: {shown.model_id} {shown.version} ({shown.runtime}, {len(shown.labels)} labels, "
+        f"{len(shown.columns)} columns), signed by key {bundle.signer}; verified"
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
-    try:
-        private_key = load_private_key(args.key)
-    except BundleError as exc:
-        raise UsageError(f"--key {exc.message}") from exc
-    out = _output_path(args.out)
-    now = datetime.now(UTC).replace(microsecond=0)
-    options = {
-        "version": _version(args.version, now),
-        "created_at": now.isoformat(),
-        "decision": _decision(args),
-    }
-    run = read_run(args.run_dir)  # the slow part: loading the skops file
-    options |= {
-        "model_id": args.model_id or run.info["target"],
-        "window": _window(run, args.window, args.stride),
-    }
-    model = EXPORTERS[_runtime_name(run, args.runtime)](run)
-    try:
-        write_bundle(out, build_manifest(run, model, options), model.content, private_key)
-    except BundleError as exc:
-        raise UsageError(f"{args.run_dir}: the device would refuse this bundle ({exc})") from exc
-    bundle = _check_written(out, private_key.public_key())
-    shown = bundle.manifest
-    print(
-        f"wrote {out}: {shown.model_id} {shown.version} ({shown.runtime}, {len(shown.labels)} labels, "
-        f"{len(shown.columns)} columns), signed by key {bundle.signer}; verified"
+    logged = _logged_run(args)
+    settings = export_settings(
+        args.key,
+        model_id=args.model_id or (logged and logged.model_id),
+        version=args.version,
+        threshold=args.threshold,
+        smoothing=args.smoothing,
+        no_person=args.no_person,
+        window=args.window,
+        stride=args.stride,
+        runtime=args.runtime,
     )
+    out = _output_path(args.out)
+    store = None
+    if logged is not None:
+        store = tracking.open_store(args.tracking_uri or logged.tracking_uri, create=False)
+        tracking.check_unlogged(store, logged.run_id, settings.version)
+    bundle = export_run(args.run_dir, out, settings)
+    print(f"wrote {describe(out, bundle)}")
+    if store is not None and logged is not None:
+        # the registered model of the run's own bundle, unless this bundle has another identity
+        same = args.model_id is None and logged.registered_model
+        name = args.register or (same and logged.registered_model) or bundle.manifest.model_id
+        alias = args.alias or tracking.DEFAULT_ALIAS
+        print(tracking.register_bundle(store, logged.run_id, out, bundle, name, alias).describe())
     return ExitStatus.OK
+
+
+def _logged_run(args: argparse.Namespace) -> tracking.LoggedRun | None:
+    """With --mlflow: where ``train --mlflow`` logged the run; the registry options checked."""
+    if not args.mlflow:
+        for option in ("tracking_uri", "register", "alias"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option.replace('_', '-')} needs --mlflow")
+        return None
+    if args.register is not None:
+        tracking.check_name(args.register, "--register")
+    if args.alias is not None:
+        tracking.check_alias(args.alias, "--alias")
+    return tracking.read_record(args.run_dir)
 
 
 # --------------------------------------------------------------------------- verify

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -45,7 +45,8 @@ from sklearn.model_selection import (
 from sklearn.pipeline import Pipeline
 
 from device.cli import Command, ExitStatus, UsageError
-from trainer import report
+from device.model.bundle import VerifiedBundle
+from trainer import report, tracking
 from trainer.estimators import (
     BALANCERS,
     DEFAULT_MODEL,
@@ -57,11 +58,13 @@ from trainer.estimators import (
     search_space,
 )
 from trainer.evaluate import SCORING, cv_summary, feature_importance, held_out_metrics, summary_table
+from trainer.export import ExportSettings, describe, export_run, export_settings
 
 FRAME_COLUMNS: tuple[str, ...] = ("video_id", "first_frame", "last_frame")
 GROUP_COLUMN = "video_id"
 SPLITS: tuple[str, ...] = ("group", "stratified", "random")
 RUN_FORMAT = 1
+BUNDLE_FILE = "bundle.zip"
 Folds = list[tuple[np.ndarray, np.ndarray]]
 
 DESCRIPTION = f"""\
@@ -97,6 +100,21 @@ Examples:
   python -m trainer train --dataset poses.csv --target label --out runs/poses --split stratified \\
       --model hist_gradient_boosting --search random --iterations 20 --drop "seed.*"
   python -m trainer train --dataset poses.csv --target label --out runs/poses --overwrite --cv 0
+
+Signed bundle and MLflow (optional extra: pip install .[mlflow]):
+  --key FILE signs and exports the model into RUN_DIR/bundle.zip exactly as `export RUN_DIR --key
+  FILE` would (with --model-id and --version; `export` has the decision options). --mlflow logs the
+  run: parameters, the dataset fingerprint (a tag and a dataset input), every number of metrics.json,
+  and report.html, metrics.json, run.json as artifacts; with --key also the bundle, registered as a
+  new version of --register NAME (default: the model id) and pointed at by --alias (default
+  candidate). The store is --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db
+  (artifacts in ./mlruns; `mlflow ui` in the same folder shows them). RUN_DIR/mlflow.json records
+  the run. Nothing is written, and the MLflow run is marked FAILED, if any of it fails.
+  python -m trainer train --dataset poses.parquet --target label --split stratified --out runs/poses \\
+      --mlflow --key keys/signing.key --model-id poses --version 2.0.0
+  python -m trainer train --dataset steps.parquet --target step_type --out runs/steps --mlflow \\
+      --tracking-uri http://mlflow.lan:5000 --experiment steps --key keys/signing.key --alias staging
+  python -m provisioning push models:/poses@candidate --fleet fleet.toml --promote production
 """
 
 
@@ -131,6 +149,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of every split, sampler and model (default 0)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty RUN_DIR")
+    bundle = parser.add_argument_group("signed bundle (as `export` makes it)")
+    bundle.add_argument("--key", type=Path, help=f"sign and export the model into RUN_DIR/{BUNDLE_FILE}")
+    bundle.add_argument("--model-id", help="model id on the devices (default: the target column)")
+    bundle.add_argument("--version", help="bundle version (default: UTC time YYYY.MM.DD.HHMMSS)")
+    mlflow = parser.add_argument_group(f"MLflow tracking and registry ({tracking.EXTRA})")
+    mlflow.add_argument("--mlflow", action="store_true", help="log the run (and register the bundle)")
+    mlflow.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help=f"default $MLFLOW_TRACKING_URI, else sqlite:///./{tracking.STORE_FILE}",
+    )
+    mlflow.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: the model id)")
+    mlflow.add_argument("--register", metavar="NAME", help="registered model name (default: the model id)")
+    mlflow.add_argument(
+        "--alias", metavar="ALIAS", help=f"alias of the new version (default {tracking.DEFAULT_ALIAS})"
+    )
 
 
 # --------------------------------------------------------------------------- the dataset file
@@ -554,11 +588,15 @@ def held_out_npz(examples: Examples, split: Split) -> bytes:
     return buffer.getvalue()
 
 
-def write_run_dir(out: Path, files: dict[str, bytes]) -> None:
+def write_run_dir(
+    out: Path, files: dict[str, bytes], finish: Callable[[Path], None] = lambda staging: None
+) -> None:
     """Write every file into a hidden folder beside ``out``, then rename it into place.
 
-    A reader sees either the previous run directory or the complete new one; a failure or Ctrl-C
-    removes the staging folder, so nothing half-written is ever left at ``out``.
+    ``finish(staging)`` runs on the complete staging folder before the rename (the bundle export
+    and the MLflow run read the files from there). A reader sees either the previous run directory
+    or the complete new one; a failure or Ctrl-C removes the staging folder, so nothing
+    half-written is ever left at ``out``.
     """
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
@@ -569,6 +607,7 @@ def write_run_dir(out: Path, files: dict[str, bytes]) -> None:
     try:
         for name, data in files.items():
             (staging / name).write_bytes(data)
+        finish(staging)
         _replace_dir(staging, out)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write ({exc.strerror})") from exc
@@ -615,8 +654,78 @@ def _check_options(args: argparse.Namespace) -> None:
     _check_out(args.out, args.overwrite, args.dataset)
 
 
+@dataclass(frozen=True)
+class Publishing:
+    """What ``train`` does beyond the run directory, checked before any training starts."""
+
+    export: ExportSettings | None  # --key: sign and export into RUN_DIR/bundle.zip
+    store: tracking.Store | None  # --mlflow
+    experiment: str
+    register: str
+    alias: str
+
+
+def _publishing(args: argparse.Namespace) -> Publishing:
+    if args.key is None:
+        for option, value in {
+            "--model-id": args.model_id,
+            "--version": args.version,
+            "--register": args.register,
+            "--alias": args.alias,
+        }.items():
+            if value is not None:
+                raise UsageError(f"{option} needs --key (it describes the signed bundle)")
+    if not args.mlflow:
+        for option, value in {
+            "--tracking-uri": args.tracking_uri,
+            "--experiment": args.experiment,
+            "--register": args.register,
+            "--alias": args.alias,
+        }.items():
+            if value is not None:
+                raise UsageError(f"{option} needs --mlflow")
+    model_id = args.model_id or args.target
+    register = args.register or model_id
+    alias = tracking.check_alias(args.alias or tracking.DEFAULT_ALIAS, "--alias")
+    export = None
+    if args.key is not None:
+        tracking.check_name(register, "--register" if args.register else "--model-id")
+        export = export_settings(args.key, model_id=args.model_id, version=args.version)
+    store = None
+    if args.mlflow:
+        store = tracking.open_store(tracking.tracking_uri(args.tracking_uri), create=True)
+    return Publishing(export, store, args.experiment or model_id, register, alias)
+
+
+def _publish(staging: Path, out: Path, plan: Publishing) -> list[str]:
+    """Export and log from the complete staging folder; the lines to print once it is in place."""
+    said: list[str] = []
+    bundle: VerifiedBundle | None = None
+    if plan.export is not None:
+        with stage(f"signing and exporting {BUNDLE_FILE}"):
+            bundle = export_run(staging, staging / BUNDLE_FILE, plan.export)
+        said.append(f"wrote {describe(out / BUNDLE_FILE, bundle)}")
+    if plan.store is not None:
+        with (
+            stage(f"logging to MLflow ({plan.store.uri})"),
+            tracking.logged_run(plan.store, plan.experiment, staging, out) as logged,
+        ):
+            said.append(f"MLflow run {logged.run_id} in experiment {plan.experiment!r} ({plan.store.uri})")
+            if bundle is not None:
+                done = tracking.register_bundle(
+                    plan.store, logged.run_id, staging / BUNDLE_FILE, bundle, plan.register, plan.alias
+                )
+                said.append(done.describe())
+                logged = replace(logged, model_id=bundle.manifest.model_id, registered_model=done.name)
+            else:
+                said.append("no bundle registered: give --key to sign, export and register the model")
+            tracking.write_record(staging, logged)
+    return said
+
+
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
+    plan = _publishing(args)
     value_map = parse_value_map(args.value_map)
     table = read_table(args.dataset)
     examples = prepare(table, args.target, value_map, args.drop)
@@ -643,6 +752,7 @@ def run(args: argparse.Namespace) -> int:
             "importance": feature_importance(model, X_test, y_test, examples.columns, args.seed),
         }
     record = run_record(args, table, examples, split, fitted)
+    said: list[str] = []
     with stage(f"writing {args.out}"):
         files = {
             "model.skops": artifact,
@@ -651,10 +761,13 @@ def run(args: argparse.Namespace) -> int:
             "metrics.json": _json_bytes(metrics),
             "report.html": report.render(record, metrics).encode("utf-8"),
         }
-        write_run_dir(args.out, files)
+        write_run_dir(args.out, files, lambda staging: said.extend(_publish(staging, args.out, plan)))
+    published = [name for name in (BUNDLE_FILE, tracking.RUN_RECORD) if (args.out / name).exists()]
     print(f"{args.model} on {args.target!r}: {len(model.classes_)} classes; held-out {args.split} split")
     print(summary_table(metrics))
-    print(f"wrote {args.out}: {', '.join(files)}")
+    print(f"wrote {args.out}: {', '.join([*files, *published])}")
+    for line in said:
+        print(line)
     return ExitStatus.OK
 
 
