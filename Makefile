@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 MEDIAPIPE := mediapipe==0.10.18
 # What the tests and the demo run for real: an MQTT broker, a headless browser, systemd-analyze.
 DEBIAN_PACKAGES := mosquitto mosquitto-clients chromium systemd
+# What only `make bench` needs: the broker for the daemon benchmarks and wrk, the HTTP load generator.
+BENCH_DEBIAN_PACKAGES := mosquitto wrk
 
-.PHONY: test demo lint bench venv system clean
+.PHONY: test demo lint bench bench-system venv system clean
 
 venv: $(STAMP)
 
@@ -37,8 +39,12 @@ demo: system $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check device trainer provisioning tests benchmarks scripts
 
-bench: $(STAMP)
-	$(PY) -m benchmarks
+bench-system:
+	scripts/ensure-debian-packages $(BENCH_DEBIAN_PACKAGES)
+
+# One table of every benchmark (~10 min on 2 cores); e.g. BENCH_ARGS="--soak-seconds 600 --out bench.md".
+bench: bench-system $(STAMP)
+	$(PY) -m benchmarks table $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .demo

@@ -1,33 +1,37 @@
-"""``python -m benchmarks [NAME ...]`` (or ``make bench``): run the benchmarks and print their tables."""
+"""``python -m benchmarks [NAME] [OPTIONS]`` (``make bench``): one benchmark, or all of them as one table.
+
+NAME is ``table`` (the default: every benchmark, one table) or one of ``features``, ``pose``,
+``dataset``, ``train``, ``device``, ``load``, ``extract``; the options are that benchmark's own (``--help``).
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import sys
 
 BENCHMARKS: dict[str, str] = {
+    "table": "benchmarks.table",
     "features": "benchmarks.feature_bench",
     "pose": "benchmarks.pose_bench",
     "dataset": "benchmarks.dataset_bench",
     "train": "benchmarks.train_bench",
     "device": "benchmarks.device_bench",
+    "load": "benchmarks.load_bench",
+    "extract": "benchmarks.extract_bench",
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument(
-        "names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)} (default: all)"
-    )
-    names = parser.parse_args().names or list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    for name in names:
-        print(f"== {name} ==")
-        importlib.import_module(BENCHMARKS[name]).main()
-        print()
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = args.pop(0) if args and not args[0].startswith("-") else "table"
+    if name not in BENCHMARKS:
+        print(
+            f"python -m benchmarks: unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
+        return 2
+    return importlib.import_module(BENCHMARKS[name]).main(args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

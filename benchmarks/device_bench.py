@@ -1,32 +1,35 @@
 """The daemon's own costs, each next to a baseline measured in the same run.
 
 1. Per-frame overhead of everything except pose detection — window update, features, inference,
-   outbox write (SQLite, synchronous=FULL), hand-off to the publisher (connected to a real local
-   mosquitto) — p50/p99 in ms, on real keypoints, for a per-frame model and a 30-frame window.
+   outbox write (SQLite, synchronous=FULL or NORMAL), hand-off to the publisher (connected to a
+   real local mosquitto) — p50/p99 in ms, on real keypoints, read against what one frame of the
+   bare MediaPipe loop costs anyway.
 2. End-to-end frames/s of the daemon on the sample videos (``pace = "fast"``: every frame goes
    through) against a bare loop of OpenCV read + MediaPipe detect on the same frames.
-3. Resident memory while the daemon loops a video for ``--soak-seconds`` (default 600), sampled
-   every 10 s: start, end, max.
+3. Resident memory of the daemon (``python -m device run`` in its own process, publishing to a
+   real mosquitto) while it loops ``dance.mp4`` in real time for ``--soak-seconds``, sampled
+   every 10 s: start (once healthy), end and max.
 
-Run: ``python -m benchmarks.device_bench [--soak-seconds N]`` (``make bench`` runs parts 1 and 2
-and a 60 s soak).
+Run: ``python -m benchmarks device [--soak-seconds N]`` (default 600; 0 skips the soak).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 
+from benchmarks import command
+from benchmarks.daemon_process import DaemonProcess, daemon_config, train_model
+from benchmarks.rows import Row, render_text
+from benchmarks.samples import VIDEOS, reference_points
+from benchmarks.timing import p50_p99_ms
 from device.classifier import Classifier, LoadedModel, Smoother
 from device.config import parse_config
 from device.daemon import build
-from device.keypoints import empty_points
 from device.model.bundle import load_public_key, open_bundle
 from device.model.runtimes import load_runtime
 from device.outbox import Outbox
@@ -35,23 +38,15 @@ from device.publisher import MqttPublisher
 from device.sources import VideoFileSource
 from device.status import StatusBoard
 from device.window import RollingWindow
-from trainer.recipes import PoseBundle, pose_bundle
+from tests.broker import Mosquitto
+from trainer.recipes import PoseBundle
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VIDEOS = [DATA / "videos" / name for name in ("squats.mp4", "dance.mp4", "example_video.webm")]
-
-
-def reference_points(frames: int) -> np.ndarray:
-    ref = np.array(json.loads((DATA / "keypoints" / "squats.reference_blazepose.json").read_text()))
-    points = empty_points(len(ref))
-    points[:, :, :3] = ref
-    points[:, :, 3:] = 1.0
-    return np.tile(points, (-(-frames // len(ref)), 1, 1))[:frames]
-
-
-def percentiles(seconds: list[float]) -> str:
-    p50, p99 = np.percentile(np.array(seconds) * 1000, [50, 99])
-    return f"p50 {p50:6.3f} ms   p99 {p99:6.3f} ms"
+POSE_GAP_S = 0.018
+"""Idle time between frames standing in for pose detection: the publisher's thread sends and
+acknowledges during it, as in the daemon. 0 is the worst case (every frame competes with it)."""
+OVERHEAD_CASES = (("full", POSE_GAP_S), ("full", 0.0), ("normal", POSE_GAP_S), ("normal", 0.0))
+TABLE_CASES = OVERHEAD_CASES[:2]  # the default outbox mode: typical and worst case
+SOAK_VIDEO = VIDEOS[1]  # dance.mp4
 
 
 def overhead(
@@ -63,12 +58,7 @@ def overhead(
     pose_gap_s: float,
     frames: int = 1000,
 ) -> list[float]:
-    """Seconds per frame for window -> features -> model -> outbox -> publisher, excluding pose.
-
-    ``pose_gap_s`` is idle time between frames standing in for pose detection (about 18 ms here):
-    in the daemon the publisher's thread sends and acknowledges during it. With 0 every frame
-    competes with the publisher for the interpreter, the worst case.
-    """
+    """Seconds per frame for window -> features -> model -> outbox -> publisher, excluding pose."""
     bundle = open_bundle(bundle_path, [load_public_key(public_key)])
     loaded = LoadedModel(bundle, load_runtime(bundle))
     classifier = Classifier(loaded, Smoother("majority", 5))
@@ -77,7 +67,8 @@ def overhead(
         {"source": {"kind": "camera"}, "mqtt": {"port": broker_port, "stats_interval_s": 3600}}, env={}
     )
     status = StatusBoard("bench")
-    with Outbox(work / f"outbox-{synchronous}.sqlite", max_rows=100_000, synchronous=synchronous) as outbox:
+    path = work / f"outbox-{synchronous}-{pose_gap_s}.sqlite"
+    with Outbox(path, max_rows=100_000, synchronous=synchronous) as outbox:
         publisher = MqttPublisher(config.mqtt, "bench", outbox, status)
         publisher.start()
         deadline = time.monotonic() + 10
@@ -111,17 +102,8 @@ def bare_loop_fps(videos: list[Path]) -> tuple[float, int]:
     return frames / (time.perf_counter() - began), frames
 
 
-def daemon_config(model: PoseBundle, work: Path, videos: list[Path], *, loop: bool, pace: str) -> dict:
-    return {
-        "device": {"id": "bench", "state_dir": str(work / "state")},
-        "source": {"kind": "file", "paths": [str(v) for v in videos], "loop": loop, "pace": pace},
-        "model": {"bundle": str(model.bundle), "trusted_keys": [str(model.public_key)]},
-        "mqtt": {"enabled": False},
-        "http": {"port": 0},
-    }
-
-
 def daemon_fps(model: PoseBundle, work: Path, videos: list[Path]) -> tuple[float, int]:
+    """The whole daemon (in this process, MQTT off) through every frame of the videos once."""
     daemon = build(parse_config(daemon_config(model, work, videos, loop=False, pace="fast"), env={}))
     began = time.perf_counter()
     daemon.start()
@@ -136,65 +118,115 @@ def daemon_fps(model: PoseBundle, work: Path, videos: list[Path]) -> tuple[float
     return processed / elapsed, processed
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+@dataclass(frozen=True)
+class Soak:
+    seconds: float
+    frames: int
+    samples: list[tuple[float, float]]  # (seconds since healthy, RSS MB)
 
 
-def soak(model: PoseBundle, work: Path, seconds: float) -> list[tuple[float, float]]:
-    config = daemon_config(model, work, [VIDEOS[1]], loop=True, pace="realtime")
-    daemon = build(parse_config(config, env={}))
-    daemon.start()
-    samples = []
-    began = time.monotonic()
-    while (elapsed := time.monotonic() - began) < seconds:
-        samples.append((elapsed, rss_mb()))
-        time.sleep(min(10.0, max(seconds - elapsed, 0.1)))
-    samples.append((time.monotonic() - began, rss_mb()))
-    frames = daemon.status.snapshot()["counters"]["frames_processed"]
-    daemon.stop()
-    print(f"  soak: {frames} frames in {seconds:.0f} s")
-    return samples
+def soak(model: PoseBundle, work: Path, seconds: float) -> Soak:
+    """The daemon as its own process, looping dance.mp4 in real time, its RSS sampled every 10 s."""
+    work.mkdir(parents=True, exist_ok=True)
+    with Mosquitto() as broker:
+        config = daemon_config(model, work, [SOAK_VIDEO], loop=True, pace="realtime", mqtt_port=broker.port)
+        with DaemonProcess(config, work) as daemon:
+            samples = []
+            began = time.monotonic()
+            while (elapsed := time.monotonic() - began) < seconds:
+                samples.append((elapsed, daemon.rss_mb()))
+                time.sleep(min(10.0, max(seconds - elapsed, 0.1)))
+            samples.append((time.monotonic() - began, daemon.rss_mb()))
+            frames = daemon.status()["counters"]["frames_processed"]
+    return Soak(seconds, frames, samples)
 
 
-def main(soak_seconds: float = 60.0) -> None:
-    from tests.broker import Mosquitto  # the real broker the tests use, on a free loopback port
+@dataclass(frozen=True)
+class DeviceNumbers:
+    overhead_ms: dict[tuple[str, float], tuple[float, float]]  # (outbox mode, pose gap s) -> p50, p99
+    bare_fps: float
+    daemon_fps: float
+    videos: int
+    frames: int  # per end-to-end run
+    soak: Soak | None
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        print("training a per-frame pose model for the benchmark ...", flush=True)
-        model = pose_bundle(DATA / "keypoints" / "BodyPose_Dataset.csv", work / "model")
-
-        print("\n1. per-frame overhead without pose (window, features, model, outbox, publish)")
-        for synchronous in ("full", "normal"):
-            for gap in (0.0, 0.018):
-                with Mosquitto() as broker:
-                    costs = overhead(model.bundle, model.public_key, work, broker.port, synchronous, gap)
-                print(
-                    f"   outbox {synchronous:<6} pose gap {gap * 1000:2.0f} ms  {percentiles(costs)}"
-                    "   (target p99 < 2 ms)"
+    def rows(self) -> list[Row]:
+        frame_ms = 1000 / self.bare_fps
+        per_frame = "one frame of the bare MediaPipe loop"
+        rows = []
+        for (mode, gap), (p50, p99) in self.overhead_ms.items():
+            case = f"outbox {mode}, {gap * 1000:.0f} ms pose gap"
+            rows.append(
+                Row(
+                    "device", f"per-frame overhead without pose, p50 ({case})", p50, "ms", frame_ms, per_frame
                 )
+            )
+            rows.append(
+                Row(
+                    "device", f"per-frame overhead without pose, p99 ({case})", p99, "ms", frame_ms, per_frame
+                )
+            )
+        rows.append(
+            Row(
+                "device",
+                f"end to end, {self.videos} sample video(s), {self.frames} frames",
+                self.daemon_fps,
+                "frames/s",
+                self.bare_fps,
+                "bare OpenCV + MediaPipe loop",
+            )
+        )
+        if self.soak is not None:
+            values = [mb for _, mb in self.soak.samples]
+            what = f"{self.soak.seconds:.0f} s soak, {self.soak.frames} frames"
+            rows.append(Row("memory", f"daemon RSS at start ({what})", values[0], "MB"))
+            rows.append(
+                Row("memory", "daemon RSS at the end of the soak", values[-1], "MB", values[0], "at start")
+            )
+            rows.append(
+                Row("memory", "daemon RSS, max during the soak", max(values), "MB", values[0], "at start")
+            )
+        return rows
 
-        print("\n2. end-to-end frames/s on the sample videos")
-        bare, frames = bare_loop_fps(VIDEOS)
-        fps, processed = daemon_fps(model, work, VIDEOS)
-        print(f"   bare loop (OpenCV read + MediaPipe detect): {bare:6.1f} frames/s ({frames} frames)")
-        print(f"   daemon (capture thread, pose, window, model): {fps:6.1f} frames/s ({processed} frames)")
-        print(f"   ratio {fps / bare:.2f}x   (target >= 0.95x)")
 
-        if soak_seconds > 0:
-            print(f"\n3. resident memory while looping dance.mp4 for {soak_seconds:.0f} s")
-            samples = soak(model, work, soak_seconds)
-            values = [mb for _, mb in samples]
-            print(f"   RSS start {values[0]:.0f} MB, end {values[-1]:.0f} MB, max {max(values):.0f} MB")
-            print("   " + ", ".join(f"{t:.0f}s:{mb:.0f}" for t, mb in samples))
+def measure(
+    model: PoseBundle,
+    work: Path,
+    *,
+    cases: tuple[tuple[str, float], ...] = OVERHEAD_CASES,
+    overhead_frames: int = 1000,
+    videos: tuple[Path, ...] = VIDEOS,
+    soak_seconds: float = 600.0,
+) -> DeviceNumbers:
+    """Parts 1-3 of the module's docstring; each overhead case gets a fresh broker and outbox."""
+    costs = {}
+    for synchronous, gap in cases:
+        with Mosquitto() as broker:
+            seconds = overhead(
+                model.bundle, model.public_key, work, broker.port, synchronous, gap, overhead_frames
+            )
+        costs[(synchronous, gap)] = p50_p99_ms(seconds)
+    bare, frames = bare_loop_fps(list(videos))
+    fps, _ = daemon_fps(model, work / "end-to-end", list(videos))
+    soaked = soak(model, work / "soak", soak_seconds) if soak_seconds > 0 else None
+    return DeviceNumbers(costs, bare, fps, len(videos), frames, soaked)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command("device", __doc__)
+    parser.add_argument("--soak-seconds", type=float, default=600.0, help="0 skips the memory soak")
+    args = parser.parse_args(argv)
+    if args.soak_seconds < 0:
+        parser.error("--soak-seconds must be 0 or more")
+    with tempfile.TemporaryDirectory(prefix="device-bench-") as tmp:
+        print("training a per-frame pose model for the benchmark ...", flush=True)
+        model = train_model(Path(tmp))
+        numbers = measure(model, Path(tmp), soak_seconds=args.soak_seconds)
+    print(render_text(numbers.rows()))
+    if numbers.soak is not None:
+        print("RSS samples (s:MB): " + ", ".join(f"{t:.0f}:{mb:.0f}" for t, mb in numbers.soak.samples))
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--soak-seconds", type=float, default=600.0, help="0 skips the memory soak")
-    main(parser.parse_args().soak_seconds)
+    raise SystemExit(main())

@@ -5,36 +5,25 @@ distances) on the same frames, measured in the same run; the baseline's results 
 against the engine's first, so the ratio compares equal work. Frames are the reference squats
 landmarks repeated.
 
-Run: ``python -m benchmarks.feature_bench`` (or ``make bench`` for every benchmark).
+Run: ``python -m benchmarks features`` (``python -m benchmarks table`` shows it with the others).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks import command
+from benchmarks.rows import Row, render_text
+from benchmarks.samples import reference_points
+from benchmarks.timing import timed
 from device.features import ANGLES, DEFAULT_DISTANCES, FeatureEngine, FeatureSpec, WindowSpec, window_features
-from device.keypoints import JOINTS, empty_points
+from device.keypoints import JOINTS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FRAMES = 100_000
-BASELINE_FRAMES = 5_000
 WINDOW = WindowSpec(size=30, stride=1, flatten=False)
-
-
-def reference_frames(count: int) -> np.ndarray:
-    ref = np.array(json.loads((DATA / "keypoints" / "squats.reference_blazepose.json").read_text()))
-    points = empty_points(len(ref))
-    points[:, :, :3] = ref
-    points[:, :, 3:] = 1.0
-    reps = -(-count // len(ref))
-    return np.ascontiguousarray(np.tile(points, (reps, 1, 1))[:count])
-
+BASELINE = "per-joint pure Python"
 
 # --- the baseline: one frame at a time, one joint at a time, plain Python -----------------
 
@@ -81,20 +70,43 @@ def baseline_window(frames: list[list[list[float]]]) -> list[float]:
 # --- measurement ---------------------------------------------------------------------------
 
 
-def best_of(repeats: int, fn: Callable[[], object]) -> float:
-    """Best wall time of ``repeats`` runs: the least disturbed by other work on the machine."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+@dataclass(frozen=True)
+class FeatureNumbers:
+    features: int
+    frames: int
+    engine_frames_per_s: float
+    baseline_frames_per_s: float
+    engine_ms_per_window: float
+    baseline_ms_per_window: float
+
+    def rows(self) -> list[Row]:
+        return [
+            Row(
+                "features",
+                f"throughput, default spec ({self.features} features/frame, {self.frames:,} frames)",
+                self.engine_frames_per_s,
+                "frames/s",
+                self.baseline_frames_per_s,
+                BASELINE,
+            ),
+            Row(
+                "features",
+                f"per 30-frame window (features + mean/std/min/max/delta of {self.features})",
+                self.engine_ms_per_window,
+                "ms",
+                self.baseline_ms_per_window,
+                BASELINE,
+            ),
+        ]
 
 
-def main() -> dict[str, float]:
+def measure(
+    frames: int = 100_000, baseline_frames: int = 5_000, windows: int = 1000, baseline_windows: int = 100
+) -> FeatureNumbers:
+    """Engine and baseline on the same frames, after checking that they compute the same numbers."""
     engine = FeatureEngine(FeatureSpec())
-    points = reference_frames(FRAMES)
-    as_lists = points[:BASELINE_FRAMES].tolist()
+    points = reference_points(frames)
+    as_lists = points[:baseline_frames].tolist()
 
     # same results first: the ratio must compare equal work
     np.testing.assert_allclose(
@@ -104,40 +116,37 @@ def main() -> dict[str, float]:
         atol=1e-9,
     )
     window_points = points[:30]
+    window_list = window_points.tolist()
     np.testing.assert_allclose(
-        np.array(baseline_window(window_points.tolist())),
+        np.array(baseline_window(window_list)),
         window_features(engine.compute(window_points), WINDOW)[0],
         rtol=1e-9,
         atol=1e-9,
     )
 
-    engine_s = best_of(5, lambda: engine.compute(points))
-    baseline_s = best_of(3, lambda: [baseline_frame(f) for f in as_lists])
-    windows = 1000
-    window_s = best_of(
-        3, lambda: [window_features(engine.compute(window_points), WINDOW) for _ in range(windows)]
+    _, engine_s = timed(engine.compute, points, repeat=5)
+    _, baseline_s = timed(lambda: [baseline_frame(f) for f in as_lists], repeat=3)
+    _, window_s = timed(
+        lambda: [window_features(engine.compute(window_points), WINDOW) for _ in range(windows)], repeat=3
     )
-    window_list = window_points.tolist()
-    baseline_window_s = best_of(3, lambda: [baseline_window(window_list) for _ in range(100)])
+    _, baseline_window_s = timed(
+        lambda: [baseline_window(window_list) for _ in range(baseline_windows)], repeat=3
+    )
+    return FeatureNumbers(
+        features=len(engine.names),
+        frames=frames,
+        engine_frames_per_s=frames / engine_s,
+        baseline_frames_per_s=baseline_frames / baseline_s,
+        engine_ms_per_window=window_s / windows * 1000,
+        baseline_ms_per_window=baseline_window_s / baseline_windows * 1000,
+    )
 
-    results = {
-        "engine_frames_per_s": FRAMES / engine_s,
-        "baseline_frames_per_s": BASELINE_FRAMES / baseline_s,
-        "engine_ms_per_window": window_s / windows * 1000,
-        "baseline_ms_per_window": baseline_window_s / 100 * 1000,
-    }
-    print(f"Feature engine, default spec ({len(engine.names)} features per frame)")
-    print(f"  frames/s   engine {results['engine_frames_per_s']:>12,.0f}   (on {FRAMES:,} frames)")
-    print(f"             baseline {results['baseline_frames_per_s']:>10,.0f}   (per-joint Python, same run)")
-    print(f"             ratio {results['engine_frames_per_s'] / results['baseline_frames_per_s']:>13,.0f}x")
-    print(f"  30-frame window (features + mean/std/min/max/delta pooling of {len(engine.names)} features)")
-    print(f"             engine {results['engine_ms_per_window']:>10.3f} ms")
-    print(f"             baseline {results['baseline_ms_per_window']:>8.3f} ms")
-    print(
-        f"             ratio {results['baseline_ms_per_window'] / results['engine_ms_per_window']:>11,.0f}x"
-    )
-    return results
+
+def main(argv: list[str] | None = None) -> int:
+    command("features", __doc__).parse_args(argv)
+    print(render_text(measure().rows()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

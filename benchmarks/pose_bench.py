@@ -4,27 +4,52 @@ Each video runs in video mode (tracking, as the kiosk and ``trainer extract`` ru
 size and resized to 640×480, the size a kiosk camera would typically deliver. Only ``detect`` is
 timed (decoding, colour conversion and resizing are not), and the first frame is left out because
 it includes MediaPipe's lazy initialisation; a fresh estimator per run keeps the runs independent.
+MediaPipe itself is the baseline of everything else, so these rows have none (the device
+benchmark compares the daemon with a bare MediaPipe loop).
 
-Run: ``python -m benchmarks.pose_bench`` (or ``make bench`` for every benchmark).
+Run: ``python -m benchmarks pose``.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 
+from benchmarks import command
+from benchmarks.rows import Row, render_text
+from benchmarks.samples import VIDEOS
 from device.pose import PoseEstimator, PoseOptions, offline_task_path
 from device.sources import VideoFileSource
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VIDEOS = ("squats.mp4", "dance.mp4", "example_video.webm")
 KIOSK_SIZE = (640, 480)  # width, height
 
 
-def measure(video: Path, options: PoseOptions, size: tuple[int, int] | None) -> tuple[str, int, float]:
-    """(size label, timed frames, seconds spent in ``detect``) for one video at one size."""
+@dataclass(frozen=True)
+class PoseRun:
+    video: str
+    size: str
+    frames: int  # timed frames
+    seconds: float  # spent in ``detect``
+
+
+@dataclass(frozen=True)
+class PoseNumbers:
+    runs: list[PoseRun]
+
+    def rows(self) -> list[Row]:
+        return [
+            Row(
+                "pose", f"detect, {r.video} at {r.size} ({r.frames} frames)", r.frames / r.seconds, "frames/s"
+            )
+            for r in self.runs
+        ]
+
+
+def run_video(video: Path, options: PoseOptions, size: tuple[int, int] | None) -> PoseRun:
+    """One video at one size (its own when ``size`` is None) through a fresh estimator."""
     with VideoFileSource(video) as source, PoseEstimator(options, mode="video") as estimator:
         label = "{}x{}".format(*(size or (source.width, source.height)))
         timed, seconds = 0, 0.0
@@ -36,18 +61,19 @@ def measure(video: Path, options: PoseOptions, size: tuple[int, int] | None) -> 
             if frame.frame_number > 1:
                 seconds += time.perf_counter() - started
                 timed += 1
-    return label, timed, seconds
+    return PoseRun(video.name, label, timed, seconds)
 
 
-def main() -> None:
+def measure() -> PoseNumbers:
     options = PoseOptions(model_path=offline_task_path())
-    print(f"{'video':<20} {'size':>9} {'frames':>7} {'frames/s':>9} {'ms/frame':>9}")
-    for name in VIDEOS:
-        for size in (None, KIOSK_SIZE):
-            label, frames, seconds = measure(DATA / "videos" / name, options, size)
-            per_frame_ms = 1000 * seconds / frames
-            print(f"{name:<20} {label:>9} {frames:>7} {frames / seconds:>9.1f} {per_frame_ms:>9.1f}")
+    return PoseNumbers([run_video(video, options, size) for video in VIDEOS for size in (None, KIOSK_SIZE)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    command("pose", __doc__).parse_args(argv)
+    print(render_text(measure().rows()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -56,16 +56,23 @@ class _StageTimes:
         self.durations: deque[float] = deque(maxlen=_TIMING_SAMPLES)
         self.stamps: deque[float] = deque(maxlen=_TIMING_SAMPLES)
 
-    def summary(self, now: float, window_s: float = 10.0) -> dict[str, float | None]:
-        """Runs per second over the last ``window_s`` seconds and duration percentiles in ms."""
-        recent = [t for t in self.stamps if now - t <= window_s]
-        span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
-        fps = (len(recent) - 1) / span if span > 0 else 0.0
-        times = _percentiles(self.durations, scale=1000.0)
-        return {"fps": round(fps, 2), **{f"{name}_ms": value for name, value in times.items()}}
+    def copy(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The samples as they are now (taken under the board's lock; summarised outside it)."""
+        return tuple(self.durations), tuple(self.stamps)
 
 
-def _percentiles(values: deque[float], scale: float = 1.0) -> dict[str, float | None]:
+def _stage_summary(
+    durations: tuple[float, ...], stamps: tuple[float, ...], now: float, window_s: float = 10.0
+) -> dict[str, float | None]:
+    """Runs per second over the last ``window_s`` seconds and duration percentiles in ms."""
+    recent = [t for t in stamps if now - t <= window_s]
+    span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
+    fps = (len(recent) - 1) / span if span > 0 else 0.0
+    times = _percentiles(durations, scale=1000.0)
+    return {"fps": round(fps, 2), **{f"{name}_ms": value for name, value in times.items()}}
+
+
+def _percentiles(values: tuple[float, ...], scale: float = 1.0) -> dict[str, float | None]:
     """p50/p95/p99 of recent values (None before the first one)."""
     if not values:
         return {"p50": None, "p95": None, "p99": None}
@@ -103,6 +110,7 @@ class StatusBoard:
         self._person_present = False
         self._last_frame_at: float | None = None
         self._view: LiveView | None = None
+        self._changes = 0  # bumped by rare state changes (camera, model, MQTT, presence)
 
     # ---------------------------------------------------------------- writers
 
@@ -121,6 +129,7 @@ class StatusBoard:
 
     def set_camera(self, state: str, source: str | None = None, detail: str = "") -> None:
         with self._lock:
+            self._changes += 1
             self._camera = {
                 "state": state,
                 "source": self._camera["source"] if source is None else source,
@@ -129,16 +138,19 @@ class StatusBoard:
 
     def set_model(self, info: ModelInfo | None) -> None:
         with self._lock:
+            self._changes += 1
             self._model = info
 
     def mark_model(self, status: str, detail: str) -> None:
         """Record the outcome of a model change that did not replace the active model."""
         with self._lock:
             if self._model is not None:
+                self._changes += 1
                 self._model = replace(self._model, status=status, detail=detail)
 
     def set_mqtt(self, enabled: bool, connected: bool, broker: str, detail: str = "") -> None:
         with self._lock:
+            self._changes += 1
             self._mqtt = {"enabled": enabled, "connected": connected, "broker": broker, "detail": detail}
 
     def set_outbox(self, depth: int, dropped: int) -> None:
@@ -147,6 +159,8 @@ class StatusBoard:
 
     def set_person_present(self, present: bool) -> None:
         with self._lock:
+            if present != self._person_present:
+                self._changes += 1
             self._person_present = present
 
     def add_prediction(self, prediction: Prediction) -> None:
@@ -167,6 +181,15 @@ class StatusBoard:
             return self._model
 
     @property
+    def changes(self) -> int:
+        """How many times the camera, model, MQTT or presence state changed (counters excluded).
+
+        Lets a reader reuse a recent snapshot until either time passes or one of these changes.
+        """
+        with self._lock:
+            return self._changes
+
+    @property
     def view(self) -> LiveView | None:
         with self._lock:
             return self._view
@@ -185,35 +208,44 @@ class StatusBoard:
         return self._clock() - self._started
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything at one instant, as JSON-ready data (``/api/status``)."""
+        """Everything at one instant, as JSON-ready data (``/api/status``).
+
+        Only copying happens under the lock; the percentiles (the costly part) are computed after
+        it is released, so a busy status page never holds up the pipeline's writes.
+        """
         now = self._clock()
         with self._lock:
-            latest = self._recent[-1] if self._recent else None
+            recent = tuple(self._recent)
             model = self._model
-            return {
+            stages = {name: times.copy() for name, times in self._stages.items()}
+            latency = tuple(self._latency)
+            state = {
                 "device_id": self.device_id,
                 "started_at": self._started_wall,
                 "uptime_s": round(now - self._started, 1),
                 "camera": dict(self._camera),
-                "stages": {name: times.summary(now) for name, times in self._stages.items()},
-                "latency_ms": _percentiles(self._latency),
                 "counters": dict(self._counters),
                 "person_present": self._person_present,
-                "current": None if latest is None else latest.payload(),
-                "recent": [p.payload() for p in reversed(self._recent)],
-                "model": None
-                if model is None
-                else {
-                    "id": model.model_id,
-                    "version": model.version,
-                    "sha256": model.sha256,
-                    "runtime": model.runtime,
-                    "labels": list(model.labels),
-                    "window": model.window,
-                    "status": model.status,
-                    "detail": model.detail,
-                },
                 "mqtt": dict(self._mqtt),
                 "outbox": dict(self._outbox),
                 "frames_flowing": self._last_frame_at is not None and now - self._last_frame_at <= 5.0,
             }
+        return {
+            **state,
+            "stages": {name: _stage_summary(*samples, now) for name, samples in stages.items()},
+            "latency_ms": _percentiles(latency),
+            "current": recent[-1].payload() if recent else None,
+            "recent": [p.payload() for p in reversed(recent)],
+            "model": None
+            if model is None
+            else {
+                "id": model.model_id,
+                "version": model.version,
+                "sha256": model.sha256,
+                "runtime": model.runtime,
+                "labels": list(model.labels),
+                "window": model.window,
+                "status": model.status,
+                "detail": model.detail,
+            },
+        }

@@ -66,14 +66,21 @@ def test_extracts_every_decoded_frame_of_each_video(extracted) -> None:
         assert joint["x_normalized"] == pytest.approx(joint["x"] / width)
 
 
+def finished_squats_and_stale_dance(out: Path, extracted_dir: Path) -> tuple[Path, Path]:
+    """An interrupted batch in ``out``: squats finished (an old mtime, to see it is left alone), dance
+    half-written. Returns (finished file, stale ``.partial``)."""
+    finished = out / "squats.frames.jsonl"
+    shutil.copy(extracted_dir / "squats.frames.jsonl", finished)
+    os.utime(finished, ns=(1_000_000_000, 1_000_000_000))
+    stale = out / "dance.frames.jsonl.partial"
+    stale.write_text('{"frame_number": 1, "truncated')
+    return finished, stale
+
+
 def test_resume_skips_finished_files_and_redoes_partial_ones(
     extracted, tmp_path: Path, task_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    finished = tmp_path / "squats.frames.jsonl"
-    shutil.copy(extracted[0] / "squats.frames.jsonl", finished)
-    os.utime(finished, ns=(1_000_000_000, 1_000_000_000))
-    stale = tmp_path / "dance.frames.jsonl.partial"
-    stale.write_text('{"frame_number": 1, "truncated')
+    finished, stale = finished_squats_and_stale_dance(tmp_path, extracted[0])
 
     status = main(
         ["extract", str(SQUATS), str(DANCE), "--out", str(tmp_path), "--pose-model", str(task_path)]
@@ -98,14 +105,27 @@ def test_overwrite_redoes_finished_files(tmp_path: Path, task_path: Path) -> Non
     assert len(_lines(finished)) == FRAME_COUNTS["squats"]
 
 
+def broken_videos(folder: Path) -> list[str]:
+    """Two files named like videos that are not (noise, text); returns the failure lines they must give."""
+    (folder / "noise.mp4").write_bytes(np.random.default_rng(1).bytes(50_000))
+    (folder / "notes.mp4").write_text("meeting notes, not a video\n")
+    return [
+        f"trainer extract: {folder / name}: cannot open as a video" for name in ("noise.mp4", "notes.mp4")
+    ]
+
+
+def failure_lines(err: str) -> list[str]:
+    """The per-video failure lines of a batch's stderr, sorted (workers finish in any order)."""
+    return sorted(line for line in err.splitlines() if line.startswith("trainer extract:"))
+
+
 def test_corrupt_files_are_reported_and_the_batch_goes_on(
     tmp_path: Path, task_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     videos = tmp_path / "videos"
     videos.mkdir()
     shutil.copy(SQUATS, videos / "squats.MP4")  # extensions match case-insensitively
-    (videos / "noise.mp4").write_bytes(np.random.default_rng(1).bytes(50_000))
-    (videos / "notes.mp4").write_text("meeting notes, not a video\n")
+    expected_failures = broken_videos(videos)
     (videos / "readme.txt").write_text("ignored: not a video extension\n")
     out = tmp_path / "out"
 
@@ -113,11 +133,7 @@ def test_corrupt_files_are_reported_and_the_batch_goes_on(
 
     captured = capsys.readouterr()
     assert status == 1
-    failures = [line for line in captured.err.splitlines() if line.startswith("trainer extract:")]
-    assert sorted(failures) == [
-        f"trainer extract: {videos / 'noise.mp4'}: cannot open as a video",
-        f"trainer extract: {videos / 'notes.mp4'}: cannot open as a video",
-    ]
+    assert failure_lines(captured.err) == expected_failures
     assert "1 done, 0 skipped, 2 failed" in captured.out
     assert sorted(p.name for p in out.iterdir()) == ["squats.frames.jsonl"]
 
@@ -167,10 +183,14 @@ def test_bad_arguments_are_usage_errors(
 ) -> None:
     status = main(["extract", *make_args(tmp_path)])
 
-    err = capsys.readouterr().err
-    assert status == 2
-    assert err.count("\n") == 1 and err.startswith("trainer extract: error: ") and expected in err
+    assert_usage_error(status, capsys.readouterr().err, expected)
     assert not (tmp_path / "out").is_dir(), "nothing is written on a usage error"
+
+
+def assert_usage_error(status: int, err: str, expected: str) -> None:
+    """A user mistake: exit status 2 and one line on stderr that says what is wrong."""
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("trainer extract: error: ") and expected in err, err
 
 
 def test_missing_option_exits_2_without_traceback(tmp_path: Path) -> None:

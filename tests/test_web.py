@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from conftest import eventually
 from flask import Flask
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
@@ -233,6 +234,21 @@ def test_api_status_reports_the_board(board: StatusBoard, serve: Callable[..., S
     assert snap["mqtt"]["connected"] is True
     assert snap["outbox"] == {"depth": 3, "dropped": 1}
     assert snap["frames_flowing"] is True
+
+
+def test_api_status_shows_state_changes_at_once_and_counters_within_a_moment(
+    board: StatusBoard, serve: Callable[..., Served]
+) -> None:
+    url = serve(board).url + "/api/status"
+    before = fetch_json(url)[1]
+    board.count("frames_processed", 5)  # fast-moving numbers may come from a body a moment old …
+    board.set_camera("reconnecting", detail="camera lost")  # … a change of state never does
+    _, after = fetch_json(url)
+    assert after["camera"] == {"state": "reconnecting", "source": "squats.mp4", "detail": "camera lost"}
+    assert after["counters"]["frames_processed"] == before["counters"]["frames_processed"] + 5
+    board.count("frames_processed", 1)
+    expected = before["counters"]["frames_processed"] + 6
+    eventually(lambda: fetch_json(url)[1]["counters"]["frames_processed"] == expected, 5, "the new count")
 
 
 @pytest.mark.parametrize(

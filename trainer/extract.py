@@ -1,4 +1,4 @@
-"""``trainer extract``: videos -> ``<stem>.frames.jsonl`` keypoint files, one process per core.
+"""``trainer extract``: videos -> ``<stem>.frames.jsonl`` keypoint files, in parallel.
 
 Each video is decoded by :class:`device.sources.VideoFileSource` and run through
 :class:`device.pose.PoseEstimator`, the very code the kiosk runs, so training keypoints match
@@ -6,23 +6,20 @@ serving keypoints. Every decoded frame gets a line, with empty ``joint_positions
 in view, so frame numbers line up with annotations.
 
 A batch is resumable: a finished frame file is written atomically (``.partial`` then rename) and
-skipped next time; one unreadable video is reported and the rest carry on.
+skipped next time; one unreadable video is reported and the rest carry on. Where the videos run
+(a local process pool or a Dask cluster) is a :class:`trainer.cluster.Backend`; this module
+only decides what runs and how results are reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from queue import Empty
 
 import cv2
 from tqdm import tqdm
@@ -38,9 +35,13 @@ from device.pose import (
     offline_task_path,
 )
 from device.sources import SourceError, VideoFileSource
+from trainer.cluster import ADDRESS_FORMS, Backend, ClusterError, DaskCluster, LocalPool, Report
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v"})
 """Searched for in input directories (case-insensitive); files given by name are tried anyway."""
+
+DASK_TIMEOUT = 10.0
+"""Seconds to wait for a remote Dask scheduler to answer and to have a worker."""
 
 
 class Outcome(StrEnum):
@@ -129,47 +130,27 @@ def extract_video(
     )
 
 
-# --------------------------------------------------------------------------- worker processes
-
-# Each worker process's channel for progress messages; set once by _init_worker, because a
-# multiprocessing queue can reach a spawned process only at its creation.
-_progress_queue: multiprocessing.Queue | None = None
-
-
-def _init_worker(progress_queue: multiprocessing.Queue) -> None:
-    """Prepare a worker process: progress channel, Ctrl-C, native logging.
-
-    SIGINT kills a worker at once (default action, no traceback); the parent sees Ctrl-C too and
-    exits with status 130, leaving ``.partial`` files that the next run redoes. MediaPipe and
-    FFmpeg log from C++ straight to file descriptor 2 (GPU probes, "moov atom not found"), which
-    would shred the progress bar, so descriptor 2 goes to /dev/null while Python's ``sys.stderr``
-    keeps the real one.
-    """
-    global _progress_queue
-    _progress_queue = progress_queue
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # e.g. under nohup: stay immune
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    python_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    sys.stderr = os.fdopen(python_stderr, "w", buffering=1)
+# --------------------------------------------------------------------------- batches
 
 
 def _failure(video: Path, out_dir: Path, exc: BaseException) -> ExtractResult:
-    # Our own errors name their file already; anything else gets the video's name in front.
+    # Our own errors name their file already; anything else gets the video's name in front, and
+    # one line (Dask's messages run over several).
     named = isinstance(exc, SourceError | PoseModelError)
-    message = str(exc) if named else f"{video}: {type(exc).__name__}: {exc}"
+    message = str(exc) if named else f"{video}: {type(exc).__name__}: {' '.join(str(exc).split())}"
     return ExtractResult(video, output_path(video, out_dir), Outcome.FAILED, error=message)
 
 
-def _extract_in_worker(index: int, video: Path, out_dir: Path, options: ExtractOptions) -> ExtractResult:
-    def report(frame_number: int, announced: int) -> None:
-        if _progress_queue is not None:
-            _progress_queue.put((index, frame_number, announced))
+def _extract_task(
+    report: Report, index: int, video: Path, out_dir: Path, options: ExtractOptions
+) -> ExtractResult:
+    """One video on a worker (pool process or Dask worker): progress per frame, failures as results."""
+
+    def on_frame(frame_number: int, announced: int) -> None:
+        report(index, frame_number, announced)
 
     try:
-        return extract_video(video, out_dir, options, on_frame=report)
+        return extract_video(video, out_dir, options, on_frame=on_frame)
     except Exception as exc:  # one bad video must not end the batch; the user reads why
         return _failure(video, out_dir, exc)
 
@@ -200,21 +181,15 @@ class _FrameProgress:
         self._bar.total = sum(self._expected.values())
         self._bar.refresh()
 
-    def drain(self, progress_queue: multiprocessing.Queue) -> None:
-        while True:
-            try:
-                self.advance(*progress_queue.get_nowait())
-            except Empty:
-                return
-
 
 def extract_batch(
-    videos: Sequence[Path], out_dir: Path, options: ExtractOptions, workers: int | None = None
+    videos: Sequence[Path], out_dir: Path, options: ExtractOptions, backend: Backend | None = None
 ) -> list[ExtractResult]:
-    """Extract many videos in parallel processes; results in the order of ``videos``.
+    """Extract many videos in parallel on ``backend`` (default: a local process pool); results in order.
 
-    Processes are spawned, not forked: MediaPipe's threads do not survive a fork. Failures are
+    Videos whose frame file is finished are skipped here, before anything starts. Failures are
     printed as they happen (one line each) and returned as :attr:`Outcome.FAILED` results.
+    Raises :class:`ClusterError` when the backend cannot start.
     """
     results: dict[int, ExtractResult] = {}
     pending: list[int] = []
@@ -227,36 +202,26 @@ def extract_batch(
     if not pending:
         return [results[i] for i in range(len(videos))]
 
-    context = multiprocessing.get_context("spawn")
-    progress_queue = context.Queue()
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers or os.cpu_count() or 1, len(pending)),
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(progress_queue,),
-    )
+    runner = (backend or LocalPool()).open(len(pending))
     bar = tqdm(total=0, unit="frame", desc="extract", file=sys.stderr, disable=None, dynamic_ncols=True)
     progress = _FrameProgress(bar)
     try:
-        futures: dict[Future, int] = {
-            pool.submit(_extract_in_worker, i, videos[i], out_dir, options): i for i in pending
-        }
-        running = set(futures)
-        while running:
-            finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
-            progress.drain(progress_queue)
-            for future in finished:
-                index = futures[future]
-                exc = future.exception()  # only when a worker process died (crash, out of memory)
-                result = future.result() if exc is None else _failure(videos[index], out_dir, exc)
+        tickets = {runner.submit(_extract_task, i, videos[i], out_dir, options): i for i in pending}
+        while tickets:
+            finished = runner.wait(timeout=0.2)
+            for message in runner.progress():
+                progress.advance(*message)
+            for task in finished:
+                index = tickets.pop(task.ticket)
+                # an error here means the infrastructure failed: a worker process died, out of memory
+                result = task.value if task.error is None else _failure(videos[index], out_dir, task.error)
                 progress.finish(index, result.frames)
                 if result.outcome is Outcome.FAILED:
                     tqdm.write(f"trainer extract: {result.error}", file=sys.stderr)
                 results[index] = result
     finally:
-        pool.shutdown(cancel_futures=True)
+        runner.close()
         bar.close()
-        progress_queue.close()
     return [results[i] for i in range(len(videos))]
 
 
@@ -299,7 +264,25 @@ def find_videos(inputs: Sequence[Path]) -> list[Path]:
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="VIDEO_OR_DIR", help="video files or folders")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="where frame files go")
-    parser.add_argument("--workers", type=int, metavar="N", help="parallel processes (default: one per core)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="parallel local processes (default: one per core; not with --dask)",
+    )
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run on a Dask cluster instead: local (a worker process per core), local:N, or tcp://HOST:PORT "
+        "of a running scheduler; needs pip install .[dask]",
+    )
+    parser.add_argument(
+        "--dask-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --dask tcp://…: how long to wait for the scheduler and a worker "
+        f"(default: {DASK_TIMEOUT:g})",
+    )
     parser.add_argument(
         "--pose-model",
         type=Path,
@@ -316,6 +299,27 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo videos whose frame file exists")
 
 
+def _backend(args: argparse.Namespace) -> Backend:
+    """The local pool, or the Dask cluster ``--dask`` names; checked before anything is written.
+
+    ``--workers`` belongs to the local pool only: with ``--dask`` the size is part of the address
+    (``local:N``) or the remote cluster's own business, and one way to say it avoids conflicts.
+    """
+    if args.dask is None:
+        if args.dask_timeout is not None:
+            raise UsageError("--dask-timeout: only meaningful with --dask")
+        return LocalPool(args.workers)
+    if args.workers is not None:
+        raise UsageError(f"--workers sizes the local process pool; with --dask give {ADDRESS_FORMS}")
+    timeout = DASK_TIMEOUT if args.dask_timeout is None else args.dask_timeout
+    if not timeout > 0:
+        raise UsageError(f"--dask-timeout {timeout:g}: expected more than 0 seconds")
+    try:
+        return DaskCluster.from_address(args.dask, timeout)
+    except (ValueError, ClusterError) as exc:
+        raise UsageError(f"--dask {args.dask}: {exc}") from exc
+
+
 def _run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out
     for option, value in (("--workers", args.workers), ("--num-poses", args.num_poses)):
@@ -323,26 +327,41 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"{option} {value}: expected at least 1")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir}: is a file, expected a directory")
+    backend = _backend(args)
     videos = find_videos(args.inputs)
+    on_dask = isinstance(backend, DaskCluster)
     try:
-        model = args.pose_model or offline_task_path()
-        check_task_file(model)
+        if args.pose_model:
+            model: Path | None = args.pose_model
+            check_task_file(args.pose_model)
+        else:  # Dask workers build (and cache) the offline model themselves: they may be other machines
+            model = None if on_dask else offline_task_path()
     except PoseModelError as exc:
         raise UsageError(str(exc)) from exc
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out_dir}: cannot create ({exc.strerror})") from exc
+    if on_dask:  # workers have their own working directory: hand them paths that do not depend on it
+        videos = [video.absolute() for video in videos]
+        out_dir = out_dir.absolute()
+        model = model and model.absolute()
     options = ExtractOptions(PoseOptions(model_path=model, num_poses=args.num_poses), args.overwrite)
 
     started = time.perf_counter()
-    results = extract_batch(videos, out_dir, options, args.workers)
+    try:
+        results = extract_batch(videos, out_dir, options, backend)
+    except ClusterError as exc:  # nothing ran: leave no trace either
+        if created:
+            out_dir.rmdir()
+        raise UsageError(f"--dask {args.dask}: {exc}") from exc
     seconds = time.perf_counter() - started
     count = {outcome: sum(r.outcome is outcome for r in results) for outcome in Outcome}
     frames = sum(r.frames for r in results)
     print(
         f"{count[Outcome.DONE]} done, {count[Outcome.SKIPPED]} skipped, {count[Outcome.FAILED]} failed; "
-        f"{frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) -> {out_dir}"
+        f"{frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) -> {args.out}"
     )
     return ExitStatus.FAILED if count[Outcome.FAILED] else ExitStatus.OK
 
@@ -358,10 +377,20 @@ Videos run in parallel, one process each. Finished files are skipped, so an inte
 continues where it stopped; an unreadable video is reported and the others go on (exit status 1).
 The pose model is built offline from mediapipe's own files unless --pose-model names a .task file.
 
+With --dask the videos run on a Dask cluster instead (pip install .[dask]): "local" starts one
+on this machine (a single-threaded worker process per core, "local:N" for N), "tcp://HOST:PORT"
+uses a running scheduler, whose workers must run this same project and see the videos, --out and
+--pose-model at the same absolute paths (a shared filesystem); they write the frame files
+themselves, and build the offline pose model in their own cache unless --pose-model is given.
+Progress is per frame either way. Ctrl-C stops the batch like the local pool does (what was
+running is redone next time), except that videos already running on a remote cluster finish there.
+
 Examples:
   python -m trainer extract recordings/ --out keypoints/
   python -m trainer extract walk.mp4 squat.webm --out keypoints/ --workers 2
   python -m trainer extract recordings/ --out keypoints/ --pose-model pose_landmarker_heavy.task --overwrite
+  python -m trainer extract /shared/recordings --out /shared/keypoints --dask local:2
+  python -m trainer extract /shared/recordings --out /shared/keypoints --dask tcp://10.0.0.5:8786
 """,
     add_arguments=_add_arguments,
     run=_run,
