@@ -665,25 +665,22 @@ class Publishing:
     alias: str
 
 
+def _refuse_without(needed: str, given: bool, options: dict[str, object], why: str = "") -> None:
+    """A usage error naming the first of ``options`` that was set although ``needed`` was not."""
+    if not given:
+        for option, value in options.items():
+            if value is not None:
+                raise UsageError(f"{option} needs {needed}{why}")
+
+
 def _publishing(args: argparse.Namespace) -> Publishing:
-    if args.key is None:
-        for option, value in {
-            "--model-id": args.model_id,
-            "--version": args.version,
-            "--register": args.register,
-            "--alias": args.alias,
-        }.items():
-            if value is not None:
-                raise UsageError(f"{option} needs --key (it describes the signed bundle)")
-    if not args.mlflow:
-        for option, value in {
-            "--tracking-uri": args.tracking_uri,
-            "--experiment": args.experiment,
-            "--register": args.register,
-            "--alias": args.alias,
-        }.items():
-            if value is not None:
-                raise UsageError(f"{option} needs --mlflow")
+    bundle_options = {"--model-id": args.model_id, "--version": args.version}
+    registry_options = {"--register": args.register, "--alias": args.alias}
+    _refuse_without(
+        "--key", args.key is not None, bundle_options | registry_options, " (it describes the signed bundle)"
+    )
+    tracking_options = {"--tracking-uri": args.tracking_uri, "--experiment": args.experiment}
+    _refuse_without("--mlflow", args.mlflow, tracking_options | registry_options)
     model_id = args.model_id or args.target
     register = args.register or model_id
     alias = tracking.check_alias(args.alias or tracking.DEFAULT_ALIAS, "--alias")
