@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -25,6 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from device.documents import read_document
 
 SECRET_ENV = {"mqtt_password": "MOVEMENT_EDGE_MQTT_PASSWORD", "http_token": "MOVEMENT_EDGE_HTTP_TOKEN"}
 _SECRET_KEYS = frozenset({"password", "token"})
@@ -265,14 +266,7 @@ def parse_config(
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML config file; relative paths in it are relative to the file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    except RecursionError:  # arrays nested thousands deep: the parser recurses once per level
-        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
+    data = read_document(path, "TOML", ConfigError)
     config = parse_config(data, str(path), env)
     return _resolve_paths(config, path.parent, str(path))
 

@@ -23,7 +23,6 @@ import socket
 import sys
 import tempfile
 import time
-import tomllib
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from device.cli import Command, ExitStatus, UsageError
 from device.config import DEVICE_ID
+from device.documents import read_document
 from device.model.bundle import MANIFEST, MAX_MANIFEST_SIZE
 from provisioning import registry
 from trainer import tracking
@@ -124,12 +124,7 @@ def _describe(error: Mapping[str, Any], raw: Mapping[str, Any]) -> str:
 
 def load_fleet(path: Path) -> list[DeviceEntry]:
     """Read and validate fleet.toml; ``token_file`` paths become absolute, relative to the file."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"--fleet {path}: cannot read ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc})") from exc
+    raw = read_document(path, "TOML", UsageError)
     try:
         inventory = Inventory.model_validate(raw)
     except ValidationError as exc:

@@ -18,14 +18,14 @@ that runs past the last frame and is clipped, a label repeated over overlapping 
 from __future__ import annotations
 
 import csv
-import json
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
+
+from device.documents import read_document
 
 CSV_HEADER: tuple[str, ...] = ("video", "start_frame", "end_frame", "column", "label")
 ANNOTATION_SUFFIXES: tuple[str, ...] = (".json", ".csv")
@@ -79,14 +79,7 @@ def _span(video: str, label: object, start: int, end: int, column: str | None, w
 def read_json_annotations(path: str | Path) -> AnnotationFile:
     """Read the seed's JSON annotation file of one video."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot read ({exc.strerror})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{path}: not valid JSON ({exc})") from exc
-    except RecursionError:  # "[[[[…": the parser recurses once per level
-        raise AnnotationError(f"{path}: not valid JSON (nested too deeply)") from None
+    data = read_document(path, "JSON", AnnotationError)
     if not (
         isinstance(data, dict)
         and isinstance(data.get("name"), str)
@@ -195,14 +188,7 @@ class LabelMapping:
     def load(cls, path: str | Path) -> LabelMapping:
         """Read a TOML file with one table, ``[columns]``: ``column = ["Label", ...]``."""
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise AnnotationError(f"{path}: cannot read ({exc.strerror})") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise AnnotationError(f"{path}: not valid TOML ({exc})") from exc
-        except RecursionError:
-            raise AnnotationError(f"{path}: not valid TOML (nested too deeply)") from None
+        data = read_document(path, "TOML", AnnotationError)
         table = data.get("columns")
         if set(data) != {"columns"} or not isinstance(table, dict) or not table:
             expected = 'exactly one table, [columns], holding column = ["Label", ...]'

@@ -27,6 +27,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from device import __version__ as DEVICE_VERSION
 from device.cli import Command, ExitStatus, UsageError
+from device.documents import read_document
 from device.features import POOLS, FeatureSpec, FeatureSpecError, WindowSpec
 from device.model.bundle import (
     MODEL_FILES,
@@ -125,12 +126,7 @@ class Run:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_document(path, "JSON", UsageError)
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     return data
