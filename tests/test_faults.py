@@ -118,6 +118,18 @@ def metric(port: int, name: str) -> float:
     raise AssertionError(f"/metrics has no {name}")
 
 
+def playlist_config(
+    tmp_path: Path, model: PoseBundle, paths: list[Path], mqtt_port: int | None, *, loop: bool
+) -> dict[str, Any]:
+    """A playlist played as fast as pose runs, lost files retried quickly; no MQTT without a port."""
+    config = device_config(tmp_path, model, paths[0], mqtt_port or 1, pace="fast", loop=loop)
+    config["source"]["paths"] = [str(path) for path in paths]
+    config["capture"] = FAST_RECONNECT
+    if mqtt_port is None:
+        config["mqtt"] = {"enabled": False}
+    return config
+
+
 def counters(daemon: Daemon) -> dict[str, int]:
     return status_of(daemon.http_port)["counters"]
 
@@ -323,11 +335,7 @@ def test_playlist_files_renamed_away_and_back_are_skipped_then_reopened(
     away = [tmp_path / "a.moved", tmp_path / "b.moved"]
     for clip in clips:
         shutil.copy(squats, clip)
-    config = device_config(tmp_path, pose_model, clips[0], 1, pace="fast", loop=True)
-    config["source"]["paths"] = [str(clip) for clip in clips]
-    config["mqtt"] = {"enabled": False}
-    config["capture"] = FAST_RECONNECT
-    daemon = run_daemon(parse_config(config))
+    daemon = run_daemon(parse_config(playlist_config(tmp_path, pose_model, clips, None, loop=True)))
     eventually(lambda: counters(daemon)["classifications"] > 0, 60, "classifications")
 
     clips[1].rename(away[1])  # one file of two gone: the other keeps playing
@@ -387,9 +395,7 @@ def test_damaged_and_truncated_videos_keep_the_playlist_classifying(
     assert lost_per_pass > 0
 
     with Mosquitto() as broker, Subscriber(broker.port, STATS) as sub:
-        config = device_config(tmp_path, pose_model, damaged, broker.port, pace="fast", loop=True)
-        config["source"]["paths"] = [str(video) for video in playlist]
-        config["capture"] = FAST_RECONNECT
+        config = playlist_config(tmp_path, pose_model, playlist, broker.port, loop=True)
         daemon = run_daemon(parse_config(config))
         eventually(lambda: counters(daemon)["files_skipped"] >= 2, 120, "two passes of the playlist")
         snapshot = status_of(daemon.http_port)
@@ -427,9 +433,8 @@ def test_minutes_without_a_person_then_someone_arrives(
     background = [cv2.resize(image, (160, 208), interpolation=cv2.INTER_AREA) for image in hallway]
     empty_frames = [background[i % len(background)] for i in range(fps * 60 * minutes)]
     empty = write_video(tmp_path / "empty_hallway.avi", empty_frames, fps, "MJPG")
-    config = device_config(tmp_path, pose_model, empty, 1, pace="fast")
-    config["source"]["paths"] = [str(empty), str(squats)]  # then somebody comes in and squats
-    config["mqtt"] = {"enabled": False}
+    # then somebody comes in and squats
+    config = playlist_config(tmp_path, pose_model, [empty, squats], None, loop=False)
     began = time.monotonic()
     daemon = run_daemon(parse_config(config))
     eventually(lambda: counters(daemon)["frames_processed"] >= len(empty_frames) // 2, 120, "half of it")
