@@ -26,8 +26,8 @@ from benchmarks import command
 from benchmarks.rows import Row, render_text
 from benchmarks.samples import DATA, reference_points
 from benchmarks.timing import timed
+from device.annotations import LabelMapping
 from device.keypoints import KeypointSequence, read_keypoints, sequence_records, write_frames_jsonl
-from trainer.annotations import LabelMapping
 from trainer.dataset import (
     DatasetConfig,
     Rows,

@@ -27,17 +27,17 @@ from benchmarks.daemon_process import DaemonProcess, daemon_config, train_model
 from benchmarks.rows import Row, render_text
 from benchmarks.samples import VIDEOS, reference_points
 from benchmarks.timing import p50_p99_ms
-from device.classifier import Classifier, LoadedModel, Smoother
+from device.classifier import Classifier
 from device.config import parse_config
 from device.daemon import build
-from device.model.bundle import load_public_key, open_bundle
-from device.model.runtimes import load_runtime
+from device.decisions import DecisionSettings
+from device.model.bundle import Smoothing
+from device.model.store import open_model
 from device.outbox import Outbox
 from device.pose import PoseEstimator
 from device.publisher import MqttPublisher
 from device.sources import VideoFileSource
 from device.status import StatusBoard
-from device.window import RollingWindow
 from tests.broker import Mosquitto
 from trainer.recipes import PoseBundle
 
@@ -59,10 +59,8 @@ def overhead(
     frames: int = 1000,
 ) -> list[float]:
     """Seconds per frame for window -> features -> model -> outbox -> publisher, excluding pose."""
-    bundle = open_bundle(bundle_path, [load_public_key(public_key)])
-    loaded = LoadedModel(bundle, load_runtime(bundle))
-    classifier = Classifier(loaded, Smoother("majority", 5))
-    window = RollingWindow(loaded.window_size, loaded.stride)
+    model = open_model(bundle_path, [public_key])
+    classifier = Classifier(model, settings=DecisionSettings(0.0, Smoothing("mean", 0.5, 0.6, 0.4), "skip"))
     config = parse_config(
         {"source": {"kind": "camera"}, "mqtt": {"port": broker_port, "stats_interval_s": 3600}}, env={}
     )
@@ -78,9 +76,7 @@ def overhead(
         costs = []
         for n, points in enumerate(reference_points(frames), start=1):
             began = time.perf_counter()
-            ready = window.push(n, n * 33.3, time.monotonic(), points)
-            if ready is not None:
-                prediction = classifier.classify(ready)
+            for prediction in classifier.feed_keypoints(points, n * 33.3, n):
                 payload = prediction.payload()
                 seq = outbox.append(topic, payload)
                 publisher.notify()

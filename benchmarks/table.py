@@ -2,8 +2,9 @@
 
 Runs, in one process and one go: feature throughput and per-window cost (``features``), dataset
 building (``dataset``), every model but the slow gradient boosting (``train``), the daemon's
-per-frame overhead, end-to-end frames/s and memory over a soak (``device``), and the status API
-under concurrent clients while the pipeline runs (``load``). Each row comes from the same
+per-frame overhead, end-to-end frames/s and memory over a soak (``device``), the status API
+under concurrent clients while the pipeline runs (``load``), and replay's throughput and the cost
+of resampling a window (``replay``). Each row comes from the same
 ``measure()`` its benchmark's own command uses (``python -m benchmarks NAME --help`` for one
 benchmark in detail). The default sizes keep the whole run around ten minutes on two cores;
 ``--soak-seconds`` lengthens the memory soak, ``--quick`` shrinks everything to check that the
@@ -101,7 +102,7 @@ def load_average() -> str:
 
 def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
     """Every benchmark in turn; the device and load benchmarks share one trained model."""
-    from benchmarks import dataset_bench, device_bench, feature_bench, load_bench, train_bench
+    from benchmarks import dataset_bench, device_bench, feature_bench, load_bench, replay_bench, train_bench
     from benchmarks.daemon_process import train_model
 
     rows: list[Row] = []
@@ -143,6 +144,8 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         model = train_model(work)
         step("device", lambda: device_bench.measure(model, work / "device", **device).rows())
         step("load", lambda: load_bench.measure(model, work / "load", **load).rows())
+        replay = given(videos=s.videos, windows=s.windows)
+        step("replay", lambda: replay_bench.measure(model, **replay).rows())
     return rows
 
 

@@ -1,4 +1,5 @@
-"""``python -m device <command>``: run the kiosk daemon, check its configuration, manage its models."""
+"""``python -m device <command>``: run the kiosk daemon, check its configuration, manage its models,
+replay videos as a kiosk would."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from device import logs
+from device import logs, replay
 from device.cli import Command, ExitStatus, run_cli
 from device.config import ConfigError, load_config
 from device.model.store import ModelRejected, ModelStore, StoreError
@@ -125,6 +126,9 @@ COMMANDS = {
         "validate a configuration file", CHECK_HELP, lambda p: _config_argument(p, False), check_config
     ),
     "models": Command("install, list or activate model versions", MODELS_HELP, _models_arguments, models),
+    "replay": Command(
+        "what a kiosk would publish for video files", replay.HELP, replay.add_arguments, replay.run
+    ),
 }
 
 
@@ -134,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The movement classification kiosk daemon.",
         COMMANDS,
         argv,
-        user_errors=(ConfigError, ModelRejected, StoreError),
+        user_errors=(ConfigError, ModelRejected, StoreError, *replay.USER_ERRORS),
     )
 
 

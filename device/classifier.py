@@ -1,126 +1,205 @@
-"""From a window of keypoints to a published label: features, model, decision.
+"""The classifier in-process: frames (or keypoints) in, the kiosk's decisions out.
 
-:class:`LoadedModel` binds a verified bundle to the feature engine once — the column order the
-model was trained on is resolved to an index array at load time, so a bundle whose columns this
-device cannot compute is refused before it ever runs. :class:`Classifier` adds the decision
-layer (threshold and smoothing) and makes :class:`~device.prediction.Prediction` objects.
+:class:`Classifier` is the kiosk's whole per-frame path — pose → window → features → model →
+smoothing — as one object an integrator can use in their own program, and the object the daemon
+and ``python -m device replay`` are built on, so all three decide alike::
+
+    from device.classifier import Classifier
+
+    with Classifier.open("model.zip", trusted_keys=["signing.pub"]) as classifier:
+        for prediction in classifier.classify_video("squats.mp4"):
+            print(prediction.end_ts_ms, prediction.label, prediction.confidence)
+
+        # or frame by frame from your own camera loop (BGR images, your timestamps):
+        for result in classifier.feed(frame_bgr, timestamp_ms):
+            print(result.payload())
+
+A bundle goes through every check a kiosk makes (signature, hashes, schema, device version,
+load, smoke test) before anything in it is loaded; a refusal raises
+:class:`~device.model.store.ModelRejected` naming the step.
+
+Clips: MediaPipe's video mode tracks a person from frame to frame and needs increasing
+timestamps, and windows and smoothing must not join two videos. A new clip — another file, frame
+numbers or timestamps starting over, or :meth:`Classifier.new_clip` — therefore starts with a
+fresh pose tracker, window and smoother, exactly as ``trainer extract`` starts each video.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
-from device.features import FeatureEngine, WindowSpec, window_features, window_names
-from device.model.bundle import Manifest, VerifiedBundle
-from device.model.runtimes import ModelRuntime, load_runtime
+from device.decisions import DecisionPipeline, DecisionSettings, StageTimer, Timebase
+from device.model.loaded import LoadedModel
+from device.model.store import open_model
 from device.prediction import Prediction
-from device.status import ModelInfo
-from device.window import Window
+from device.sources import Frame, VideoFileSource, paced
 
-UNKNOWN = "unknown"
-"""The label published when the best probability is below the bundle's decision threshold."""
-
-
-class LoadedModel:
-    """A bundle's runtime plus everything needed to feed it the right columns in the right order."""
-
-    def __init__(self, bundle: VerifiedBundle, runtime: ModelRuntime | None = None) -> None:
-        manifest = bundle.manifest
-        self.manifest: Manifest = manifest
-        self.runtime = runtime or load_runtime(bundle)
-        self.engine = FeatureEngine(manifest.feature_spec)
-        self.window_spec: WindowSpec | None = manifest.window
-        names = (
-            self.engine.names
-            if self.window_spec is None
-            else window_names(self.engine.names, self.window_spec)
-        )
-        position = {name: i for i, name in enumerate(names)}
-        self._columns = np.array([position[c] for c in manifest.columns], dtype=np.intp)
-        self.window_size = 1 if self.window_spec is None else self.window_spec.size
-        self.stride = 1 if self.window_spec is None else self.window_spec.stride
-        self.info = ModelInfo(
-            model_id=manifest.model_id,
-            version=manifest.version,
-            sha256=manifest.sha256,
-            runtime=manifest.runtime,
-            labels=manifest.labels,
-            window=self.window_size,
-        )
-
-    def row(self, window: Window) -> np.ndarray:
-        """The model's input row ``(1, columns)`` for one window."""
-        per_frame = self.engine.compute(window.points)
-        values = per_frame[-1:] if self.window_spec is None else window_features(per_frame, self.window_spec)
-        return values[:, self._columns]
-
-    def probabilities(self, row: np.ndarray) -> np.ndarray:
-        return self.runtime.predict_proba(row)[0]
+if TYPE_CHECKING:
+    from device.pose import PoseEstimator, PoseOptions
 
 
-class Smoother:
-    """Turns a stream of probability vectors into a steadier stream of decisions.
+@dataclass(frozen=True)
+class Step:
+    """What one frame gave: the person followed (``(33, 5)``, None if nobody) and any results."""
 
-    ``decide`` returns the chosen label's index and its confidence: for majority smoothing the
-    mean probability of that label over the last ``k`` results (its current probability alone
-    can be tiny while the vote still holds), otherwise its current probability.
-    """
-
-    def __init__(self, kind: str, k: int = 1, enter: float = 0.6, exit: float = 0.4) -> None:
-        self.kind, self.k, self.enter, self.exit = kind, k, enter, exit
-        self._recent: deque[np.ndarray] = deque(maxlen=k)
-        self._current: int | None = None
-
-    def decide(self, probabilities: np.ndarray) -> tuple[int, float]:
-        best = int(np.argmax(probabilities))
-        if self.kind == "majority":
-            self._recent.append(probabilities)
-            votes = Counter(int(np.argmax(p)) for p in self._recent)
-            top = max(votes.values())
-            # ties go to the most recent of the tied labels: the freshest evidence
-            chosen = next(
-                int(np.argmax(p)) for p in reversed(self._recent) if votes[int(np.argmax(p))] == top
-            )
-            return chosen, float(np.mean([p[chosen] for p in self._recent]))
-        if self.kind == "hysteresis":
-            keep = self._current is not None and probabilities[self._current] >= self.exit
-            if not keep and (self._current is None or probabilities[best] >= self.enter):
-                self._current = best
-            best = self._current
-        return best, float(probabilities[best])
+    person: np.ndarray | None
+    predictions: tuple[Prediction, ...]
 
 
 class Classifier:
-    """Window -> :class:`Prediction` with the bundle's threshold and smoothing (or overrides)."""
+    """One camera's (or video's) stream of frames → :class:`~device.prediction.Prediction` objects.
 
-    def __init__(self, model: LoadedModel, smoother: Smoother) -> None:
-        self.model = model
-        self.smoother = smoother
-        self.threshold = model.manifest.decision.threshold
+    Not thread-safe: feed it from one thread (MediaPipe's graph is per thread anyway).
+    """
 
-    def classify(self, window: Window) -> Prediction:
-        return self.predict(window, self.model.row(window))
+    def __init__(
+        self,
+        model: LoadedModel | None,
+        *,
+        pose: PoseOptions | None = None,
+        settings: DecisionSettings | None = None,
+        timebase: Timebase = Timebase.WALL,
+        timer: StageTimer | None = None,
+    ) -> None:
+        self._pose_options = pose
+        self._timebase, self._timer = timebase, timer
+        self._decisions: DecisionPipeline | None = None
+        self._estimator: PoseEstimator | None = None
+        self._clip: tuple[str, int, float] | None = None  # source, last frame number, last timestamp
+        self._counter = itertools.count(1)
+        self.last_person: np.ndarray | None = None
+        """The person followed in the latest frame (``(33, 5)``), None if nobody: to draw on."""
+        if model is not None:
+            self.use_model(model, settings)
 
-    def predict(self, window: Window, row: np.ndarray) -> Prediction:
-        """The decision for a window whose input ``row`` was already computed (timed apart)."""
-        probabilities = self.model.probabilities(row)
-        chosen, confidence = self.smoother.decide(probabilities)
-        labels = self.model.manifest.labels
-        label = labels[chosen] if confidence >= self.threshold else UNKNOWN
-        info = self.model.info
-        return Prediction(
-            ts=time.time(),
-            label=label,
-            confidence=confidence,
-            probabilities=tuple(zip(labels, map(float, probabilities), strict=True)),
-            first_frame=int(window.frame_numbers[0]),
-            last_frame=int(window.frame_numbers[-1]),
-            start_ts_ms=float(window.timestamps_ms[0]),
-            end_ts_ms=float(window.timestamps_ms[-1]),
-            model_id=info.model_id,
-            model_version=info.version,
-            latency_ms=(time.monotonic() - window.captured_at) * 1000.0,
-        )
+    @classmethod
+    def open(
+        cls,
+        bundle: str | Path,
+        trusted_keys: Sequence[str | Path],
+        *,
+        pose: PoseOptions | None = None,
+        timebase: Timebase = Timebase.SOURCE,
+    ) -> Classifier:
+        """A classifier for a signed bundle file, checked as a kiosk checks it (else ModelRejected).
+
+        The default timebase is the source's: results of a video are the same on every run.
+        """
+        return cls(open_model(bundle, trusted_keys), pose=pose, timebase=timebase)
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._decisions.model if self._decisions else None
+
+    def use_model(self, model: LoadedModel, settings: DecisionSettings | None = None) -> None:
+        """Run ``model`` from the next frame on (one assignment: a running loop never sees half)."""
+        self._decisions = DecisionPipeline(model, settings, self._timebase, self._timer)
+
+    # ------------------------------------------------------------------ input
+
+    def feed(
+        self, frame_bgr: np.ndarray, timestamp_ms: float, frame_number: int | None = None
+    ) -> list[Prediction]:
+        """One camera image (BGR uint8, as OpenCV gives it) taken at ``timestamp_ms``.
+
+        Timestamps are the source's (capture times, or a video's presentation times); a timestamp
+        earlier than the previous one starts a new clip. Returns the results this frame completed
+        (usually none or one).
+        """
+        number = self._number(frame_number, timestamp_ms)
+        return list(self.process(Frame(frame_bgr, number, timestamp_ms, "feed")).predictions)
+
+    def feed_keypoints(
+        self, points: np.ndarray | None, timestamp_ms: float, frame_number: int | None = None
+    ) -> list[Prediction]:
+        """One frame's keypoints from your own pose source: ``(33, 5)`` BlazePose (x, y in pixels,
+        z, visibility, presence), NaN for missing joints, None when nobody is in view."""
+        number = self._number(frame_number, timestamp_ms)
+        if self._new_clip("keypoints", number, timestamp_ms):
+            self.new_clip()
+        if points is not None:
+            points = np.asarray(points, dtype=np.float64)
+            if points.shape != (33, 5):
+                raise ValueError(f"expected keypoints of shape (33, 5), got {points.shape}")
+        self.last_person = points
+        prediction = self._decide(number, timestamp_ms, points, time.monotonic())
+        return [prediction] if prediction else []
+
+    def process(self, frame: Frame) -> Step:
+        """One :class:`~device.sources.Frame` through pose and the decision pipeline (the daemon's call)."""
+        if self._new_clip(frame.source, frame.frame_number, frame.timestamp_ms):
+            self.new_clip()
+        person = self.last_person = self._pose(frame)
+        prediction = self._decide(frame.frame_number, frame.timestamp_ms, person, frame.captured_at)
+        return Step(person, (prediction,) if prediction else ())
+
+    def classify_video(self, path: str | Path, fps: float | None = None) -> Iterator[Prediction]:
+        """Every result for one video file, as a kiosk processing ``fps`` frames/s would give them
+        (default: every frame). Raises :class:`~device.sources.SourceError` for an unreadable file."""
+        with VideoFileSource(path) as source:
+            self.new_clip()
+            for frame in paced(source, fps):
+                yield from self.process(frame).predictions
+
+    def new_clip(self) -> None:
+        """Forget the past: a fresh pose tracker, window and smoother for the next frame."""
+        self._clip = None
+        self._counter = itertools.count(1)
+        if self._estimator is not None:
+            self._estimator.close()
+            self._estimator = None
+        if self._decisions is not None:
+            self._decisions.reset()
+
+    def close(self) -> None:
+        """Release MediaPipe's graph; the classifier can be used again (it makes a new one)."""
+        self.new_clip()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the stages
+
+    def _number(self, frame_number: int | None, timestamp_ms: float) -> int:
+        if self._clip is not None and timestamp_ms < self._clip[2]:
+            self.new_clip()  # time went back: another clip, whose frames count from 1 again
+        return next(self._counter) if frame_number is None else frame_number
+
+    def _new_clip(self, source: str, frame_number: int, timestamp_ms: float) -> bool:
+        """Whether this frame starts a clip; remembers it as the latest frame either way."""
+        previous, self._clip = self._clip, (source, frame_number, timestamp_ms)
+        if previous is None:
+            return False
+        old_source, old_number, old_stamp = previous
+        return source != old_source or frame_number <= old_number or timestamp_ms < old_stamp
+
+    def _pose(self, frame: Frame) -> np.ndarray | None:
+        from device.pose import PoseEstimator, PoseOptions, main_pose  # MediaPipe only for images
+
+        if self._estimator is None:
+            self._estimator = PoseEstimator(self._pose_options or PoseOptions(), mode="video")
+        began = time.monotonic()
+        rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; MediaPipe wants RGB
+        person = main_pose(self._estimator.detect(rgb, frame.timestamp_ms))
+        if self._timer is not None:
+            self._timer("pose", time.monotonic() - began)
+        return person
+
+    def _decide(
+        self, frame_number: int, timestamp_ms: float, person: np.ndarray | None, captured_at: float
+    ) -> Prediction | None:
+        decisions = self._decisions
+        if decisions is None:
+            return None
+        return decisions.push(frame_number, timestamp_ms, person, captured_at)

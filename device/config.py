@@ -111,14 +111,16 @@ class PoseSection(_Section):
 
 
 class SmoothingSection(_Section):
-    kind: Literal["none", "majority", "hysteresis"] = "none"
-    k: int = Field(5, ge=1, le=100, description="results considered by majority smoothing")
+    kind: Literal["none", "mean", "hysteresis"] = "none"
+    span_s: float = Field(
+        0.5, ge=0, le=60, description="mean: seconds of results averaged (source time, any frame rate)"
+    )
     enter: float = Field(0.6, ge=0, le=1, description="hysteresis: confidence needed to switch label")
     exit: float = Field(0.4, ge=0, le=1, description="hysteresis: confidence below which a label is left")
 
     @model_validator(mode="after")
     def _enter_above_exit(self) -> SmoothingSection:
-        if self.kind == "hysteresis" and self.exit > self.enter:
+        if self.exit > self.enter:
             raise ValueError("smoothing.exit must not exceed smoothing.enter")
         return self
 

@@ -1,7 +1,8 @@
 """The kiosk daemon: capture → pose → window → features → model → outbox → MQTT, plus the web page.
 
 Data flows one way through named threads: the capture thread fills a one-frame slot; the
-pipeline thread runs pose, the rolling window and the classifier, writes every classification to
+pipeline thread runs the :class:`~device.classifier.Classifier` (pose, window, features, model,
+smoothing: the same object replay and the Python API use), writes every classification to
 the SQLite outbox *before* handing it to the publisher, and updates the status board; the
 publisher's own thread drains the outbox to the broker; waitress serves the page from the board.
 
@@ -17,41 +18,31 @@ import contextlib
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
-
 from device import __version__
 from device.capture import Capture, open_source
-from device.classifier import Classifier, LoadedModel, Smoother
-from device.config import Config, SmoothingSection
+from device.classifier import Classifier
+from device.config import Config
+from device.decisions import DecisionSettings
+from device.model.bundle import Smoothing
+from device.model.loaded import LoadedModel
 from device.model.store import Activation, ModelRejected, ModelStore
 from device.outbox import Outbox, OutboxError
-from device.pose import PoseEstimator, PoseOptions, main_pose
+from device.pose import PoseModelError, PoseOptions, check_task_file, offline_task_path
 from device.publisher import MqttPublisher
 from device.sources import Frame
 from device.status import LiveView, StatusBoard
 from device.systemd import Notifier
 from device.web import WebServer, create_app
-from device.window import RollingWindow
 
 log = logging.getLogger("device.daemon")
 
 _FRAME_WAIT_S = 0.5  # how long the pipeline waits for a frame before checking the stop event
 _HOUSEKEEPING_S = 1.0  # status, watchdog and outbox gauges
-
-
-@dataclass(frozen=True)
-class Active:
-    """What the pipeline runs now; replaced as a whole, so a model switch is one assignment."""
-
-    model: LoadedModel
-    classifier: Classifier
-    window: RollingWindow
 
 
 class Daemon:
@@ -72,7 +63,7 @@ class Daemon:
         self.publisher: MqttPublisher | None = None
         self.web: WebServer | None = None
         self.store: ModelStore | None = None
-        self._active: Active | None = None
+        self.classifier = Classifier(None, pose=_pose_options(config), timer=self.status.record_stage)
         self._model_change = threading.Lock()
         self._stop = threading.Event()
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
@@ -153,7 +144,7 @@ class Daemon:
         flowing = self.status.frames_flowing()
         if self.outbox is not None:
             self.status.set_outbox(self.outbox.depth, self.outbox.dropped)
-        if not self._ready_sent and self._active is not None and flowing:
+        if not self._ready_sent and self.classifier.model is not None and flowing:
             self._ready_sent = self.notifier.notify("READY=1")
         if flowing:  # systemd restarts us if frames stop for longer than WatchdogSec
             self.notifier.notify("WATCHDOG=1")
@@ -162,7 +153,7 @@ class Daemon:
         self.notifier.notify(
             f"STATUS=camera {camera}; pose {stages['pose']['fps']} fps; "
             f"classify {stages['classify']['fps']} /s; model "
-            + (self._active.model.info.version if self._active else "none")
+            + (model.info.version if (model := self.classifier.model) else "none")
         )
 
     def _token_sha256(self) -> str | None:
@@ -186,7 +177,7 @@ class Daemon:
         running model then stays active and the refusal is on the page and in ``model/state``.
         While no model runs there is nothing a downgrade could replace, so ``force`` is implied.
         """
-        force = force or self._active is None
+        force = force or self.classifier.model is None
         return self._change_model(lambda: self._model_store().install(data, force))
 
     def activate(self, version: str, force: bool = False) -> dict[str, Any]:
@@ -233,17 +224,8 @@ class Daemon:
         return activation.as_dict()
 
     def _switch(self, model: LoadedModel, activation: Activation) -> None:
-        """Replace the pipeline's ``Active`` in one assignment: it never stops, the next frame uses it."""
-        decision = model.manifest.decision
-        override: SmoothingSection | None = self.config.model.smoothing
-        smoother = (
-            Smoother(override.kind, override.k, override.enter, override.exit)
-            if override
-            else Smoother(decision.smoothing.kind, decision.smoothing.k)
-        )
-        no_person = self.config.model.no_person or decision.no_person
-        window = RollingWindow(model.window_size, model.stride, no_person)
-        self._active = Active(model, Classifier(model, smoother), window)
+        """Hand the pipeline the new model in one assignment: it never stops, the next frame uses it."""
+        self.classifier.use_model(model, self._decision_settings(model))
         state, detail = ("rolled_back", activation.detail) if activation.rolled_back else ("ok", "")
         self.status.set_model(replace(model.info, status=state, detail=detail))
         self._publish_model_state(state, detail)
@@ -259,7 +241,7 @@ class Daemon:
     def _publish_model_state(self, state: str, detail: str) -> None:
         if self.publisher is None:
             return
-        info = self._active.model.info if self._active else None
+        info = model.info if (model := self.classifier.model) else None
         self.publisher.set_model_state(
             {
                 "id": info.model_id if info else None,
@@ -272,59 +254,53 @@ class Daemon:
 
     # ------------------------------------------------------------------ the pipeline
 
-    def _run_pipeline(self) -> None:
-        pose = self.config.pose
-        options = PoseOptions(
-            model_path=pose.model,
-            num_poses=pose.num_poses,
-            min_detection_confidence=pose.min_detection_confidence,
-            min_presence_confidence=pose.min_presence_confidence,
-            min_tracking_confidence=pose.min_tracking_confidence,
+    def _decision_settings(self, model: LoadedModel) -> DecisionSettings:
+        """The bundle's threshold, smoothing and no-person policy, with the config's overrides."""
+        bundle = DecisionSettings.of(model)
+        smoothing, no_person = self.config.model.smoothing, self.config.model.no_person
+        return DecisionSettings(
+            bundle.threshold,
+            Smoothing(smoothing.kind, smoothing.span_s, smoothing.enter, smoothing.exit)
+            if smoothing
+            else bundle.smoothing,
+            no_person or bundle.no_person,
         )
-        try:
-            estimator = PoseEstimator(options, mode="video")
-        except ValueError as exc:
-            log.error("pose model unusable", extra={"reason": str(exc)})
-            self.status.set_camera("error", None, f"pose model: {exc}")
+
+    def _run_pipeline(self) -> None:
+        try:  # fail here, once, rather than on the first frame of every clip
+            if self.config.pose.model is None:
+                offline_task_path()
+            else:
+                check_task_file(self.config.pose.model)
+        except PoseModelError as exc:
+            self._pose_unusable(exc)
             return
-        with estimator:
-            source = None
+        try:
             while not self._stop.is_set():
                 frame = self.capture.slot.get(_FRAME_WAIT_S)
-                if frame is None:
-                    continue
-                if frame.source != source:  # a new clip: its frames do not continue the window
-                    source = frame.source
-                    if self._active is not None:
-                        self._active.window.reset()
-                self._process(frame, estimator)
+                if frame is not None:
+                    self._process(frame)
+        except PoseModelError as exc:
+            self._pose_unusable(exc)
+        finally:
+            self.classifier.close()
 
-    def _process(self, frame: Frame, estimator: PoseEstimator) -> None:
-        began = time.monotonic()
-        rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
-        person = main_pose(estimator.detect(rgb, frame.captured_at * 1000.0))
-        self.status.record_stage("pose", time.monotonic() - began)
+    def _pose_unusable(self, exc: PoseModelError) -> None:
+        log.error("pose model unusable", extra={"reason": str(exc)})
+        self.status.set_camera("error", None, f"pose model: {exc}")
+
+    def _process(self, frame: Frame) -> None:
+        step = self.classifier.process(frame)  # a new clip restarts pose tracking, window, smoothing
         self.status.count("frames_processed")
-        if person is None:
+        if step.person is None:
             self.status.count("frames_without_person")
-        self._presence(person is not None)
-
-        active = self._active
-        prediction = None
-        if active is not None:
-            window = active.window.push(frame.frame_number, frame.timestamp_ms, frame.captured_at, person)
-            if window is not None:
-                began = time.monotonic()
-                row = active.model.row(window)
-                self.status.record_stage("features", time.monotonic() - began)
-                began = time.monotonic()
-                prediction = active.classifier.predict(window, row)
-                self.status.record_stage("classify", time.monotonic() - began)
-                self._emit(prediction.payload())
-                self.status.add_prediction(prediction)
+        self._presence(step.person is not None)
+        for prediction in step.predictions:
+            self._emit(prediction.payload())
+            self.status.add_prediction(prediction)
         previous = self.status.view
-        latest = prediction or (previous.prediction if previous else None)
-        self.status.set_view(LiveView(frame.image, person, latest, frame.frame_number))
+        latest = step.predictions[-1] if step.predictions else (previous.prediction if previous else None)
+        self.status.set_view(LiveView(frame.image, step.person, latest, frame.frame_number))
 
     def _emit(self, payload: dict) -> None:
         """Store the classification durably, then let the publisher send it.
@@ -348,7 +324,9 @@ class Daemon:
         if self._storing_fails:
             log.info("classifications stored again", extra={"path": str(self.outbox.path)})
             self._storing_fails = False
-        self._last_prediction_payload = {"seq": seq, **payload}
+        model = self.classifier.model
+        label_name = model.info.display_name(payload["label"]) if model else payload["label"]
+        self._last_prediction_payload = {"seq": seq, **payload, "label_name": label_name}
         self.publisher.notify()
         self.publisher.set_state(
             {**self._last_prediction_payload, "person_present": bool(self._person_present)}
@@ -361,6 +339,17 @@ class Daemon:
         self.status.set_person_present(present)
         if self.publisher is not None:
             self.publisher.set_state({**(self._last_prediction_payload or {}), "person_present": present})
+
+
+def _pose_options(config: Config) -> PoseOptions:
+    pose = config.pose
+    return PoseOptions(
+        model_path=pose.model,
+        num_poses=pose.num_poses,
+        min_detection_confidence=pose.min_detection_confidence,
+        min_presence_confidence=pose.min_presence_confidence,
+        min_tracking_confidence=pose.min_tracking_confidence,
+    )
 
 
 def build(config: Config, **kwargs: object) -> Daemon:

@@ -145,6 +145,8 @@ SEED_PLUMB_JOINTS: tuple[str, ...] = (
 
 PRESETS: tuple[str, ...] = ("seed",)
 POOLS: tuple[str, ...] = ("mean", "std", "min", "max", "delta")
+MAX_FPS = 1000.0
+"""The highest frame rate a window may be sampled at (high-speed cameras stay well below it)."""
 GROUPS: tuple[str, ...] = ("normalized", "angles", "distances", "seed")
 SPEC_VERSION = 1
 _TRANSPOSE_BLOCK = 512  # frames per block when laying keypoints out as (dims, joints, frames)
@@ -247,32 +249,59 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """How per-frame features become one row per window of ``size`` frames every ``stride``."""
+    """How per-frame features become one row per window of ``size`` frames every ``stride``.
+
+    ``fps`` is the frame rate those frames were sampled at (the training data's), which makes a
+    window a span of time: ``(size - 1) / fps`` seconds, one every ``stride / fps`` seconds. A
+    kiosk running pose at another rate resamples to ``fps`` first (:mod:`device.window`). None
+    while the rate is unknown (a table without timestamps); a bundle's window always has one.
+    """
 
     size: int
     stride: int = 1
     flatten: bool = False
     pool: tuple[str, ...] = field(default=("mean", "std", "min", "max", "delta"))
+    fps: float | None = None
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.stride < 1:
             raise FeatureSpecError(f"window size and stride must be >= 1, got {self.size}, {self.stride}")
+        if self.fps is not None and not 0 < self.fps <= MAX_FPS:
+            raise FeatureSpecError(f"window fps must be within 0..{MAX_FPS:g}, got {self.fps}")
         _check_names("pooling statistic", self.pool, POOLS)
         if not self.flatten and not self.pool:
             raise FeatureSpecError("a window needs flattening, pooling or both")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "stride": self.stride, "flatten": self.flatten, "pool": list(self.pool)}
+        return {
+            "size": self.size,
+            "stride": self.stride,
+            "flatten": self.flatten,
+            "pool": list(self.pool),
+            "fps": self.fps,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WindowSpec:
-        _check_names("window key", data, {"size", "stride", "flatten", "pool"})
+        _check_names("window key", data, {"size", "stride", "flatten", "pool", "fps"})
+        fps = data.get("fps")
         return cls(
             size=int(data["size"]),
             stride=int(data.get("stride", 1)),
             flatten=bool(data.get("flatten", False)),
             pool=tuple(data.get("pool", POOLS)),
+            fps=None if fps is None else float(fps),
         )
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from the window's first sample to its last, or None without a frame rate."""
+        return None if self.fps is None else (self.size - 1) / self.fps
+
+    @property
+    def step_s(self) -> float | None:
+        """Seconds from one window to the next, or None without a frame rate."""
+        return None if self.fps is None else self.stride / self.fps
 
 
 def _indices(names: Iterable[str]) -> np.ndarray:

@@ -164,6 +164,21 @@ class KeypointSequence:
         """Boolean per frame: was any joint detected?"""
         return ~np.isnan(self.points[:, :, X]).all(axis=1)
 
+    @property
+    def frame_rate(self) -> float | None:
+        """Frames per second from the timestamps, or None when they do not say.
+
+        The mean interval, leaving out gaps longer than one and a half typical intervals (a
+        dropped frame, a stall): containers such as WebM store whole milliseconds, so at 30
+        frames/s single intervals are 33 or 34 ms and only their mean gives 30. A sequence of
+        one frame, or whose stamps do not increase, has no rate.
+        """
+        intervals = np.diff(self.timestamps_ms)
+        if not len(intervals) or np.median(intervals) <= 0:
+            return None
+        regular = intervals[(intervals > 0) & (intervals <= 1.5 * np.median(intervals))]
+        return 1000.0 / float(np.mean(regular))
+
 
 def empty_points(frames: int) -> np.ndarray:
     """A ``(frames, 33, 5)`` array of NaN: no person anywhere."""

@@ -121,7 +121,7 @@ def discovery_payload(topics: Topics, device_id: str) -> dict[str, Any]:
                 "name": "Movement",
                 "unique_id": f"{uid}_label",
                 "icon": "mdi:run",
-                "value_template": "{{ value_json.get('label') }}",
+                "value_template": "{{ value_json.get('label_name', value_json.get('label')) }}",
             },
             f"{uid}_confidence": {
                 "p": "sensor",

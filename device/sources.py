@@ -7,8 +7,9 @@ The daemon's live sources (:mod:`device.capture`) implement the same :class:`Fra
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -46,6 +47,38 @@ class FrameSource(Protocol):
     def __iter__(self) -> Iterator[Frame]: ...
 
     def close(self) -> None: ...
+
+
+def paced(frames: Iterable[Frame], fps: float | None) -> Iterator[Frame]:
+    """The frames a kiosk that processes ``fps`` frames per second would take (None: all).
+
+    Such a kiosk takes a frame, works on it for ``1 / fps`` seconds, then takes the newest frame
+    that has arrived meanwhile: here, the last frame whose timestamp is not past that moment.
+    Decided on source timestamps alone, so a replay at ``fps`` is the same on every machine.
+    """
+    if fps is None:
+        yield from frames
+        return
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    interval = 1000.0 / fps
+    free_at = -math.inf  # when the kiosk is done with its current frame
+    waiting: Frame | None = None  # the newest frame that arrived while it was busy
+    for frame in frames:
+        if frame.timestamp_ms <= free_at:
+            waiting = frame
+            continue
+        if waiting is not None:  # taken the moment the kiosk was free
+            yield waiting
+            free_at += interval
+            waiting = None
+            if frame.timestamp_ms <= free_at:
+                waiting = frame
+                continue
+        yield frame  # the kiosk was idle: it takes this frame as it arrives
+        free_at = frame.timestamp_ms + interval
+    if waiting is not None:
+        yield waiting
 
 
 class VideoFileSource:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,11 @@ class ModelInfo:
     window: int
     status: str = "ok"  # ok | rejected | rolled_back
     detail: str = ""
+    label_names: Mapping[str, str] = field(default_factory=dict)
+    """Display names the bundle gives some labels (the page and Home Assistant show them)."""
+
+    def display_name(self, label: str) -> str:
+        return self.label_names.get(label, label)
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class StatusBoard:
                 "sha256": model.sha256,
                 "runtime": model.runtime,
                 "labels": list(model.labels),
+                "label_names": dict(model.label_names),
                 "window": model.window,
                 "status": model.status,
                 "detail": model.detail,

@@ -53,7 +53,7 @@ def demo_model() -> tuple[Path, Path]:
         return bundle, STATE / "keys" / "signing.pub"
     step("training the demo model from demo/data/BodyPose_Dataset.csv.gz (20 poses, BODY-25)")
     made = pose_bundle(
-        DATA / "BodyPose_Dataset.csv.gz", STATE, extra_export=("--smoothing", "majority:5"), cv=5
+        DATA / "BodyPose_Dataset.csv.gz", STATE, extra_export=("--smoothing", "mean:0.5"), cv=5
     )
     stamp.write_text(fingerprint())
     return made.bundle, made.public_key

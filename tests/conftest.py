@@ -15,7 +15,7 @@ from device.config import Config
 from device.daemon import Daemon, build
 from device.keypoints import JOINT_INDEX, empty_points
 from device.pose import offline_task_path
-from trainer.recipes import PoseBundle, pose_bundle
+from trainer.recipes import PoseBundle, pose_bundle, step_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -61,6 +61,27 @@ def pose_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pose
     # scikit-learn (skops) on the device here; the fleet tests push a TFLite 2.0.0 over it
     table = data_dir / "keypoints" / "BodyPose_Dataset.csv"
     return pose_bundle(table, work, version="1.0.0", extra_export=("--runtime", "sklearn"))
+
+
+@pytest.fixture(scope="session")
+def example_keypoints(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, task_path: Path) -> Path:
+    """``trainer extract`` of the seed's example video (30 frames/s, 382 frames): its folder."""
+    from trainer.__main__ import main as trainer
+
+    out = tmp_path_factory.mktemp("example-keypoints")
+    video = data_dir / "videos" / "example_video.webm"
+    assert trainer(["extract", str(video), "--out", str(out), "--pose-model", str(task_path)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def step_model(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, example_keypoints: Path
+) -> PoseBundle:
+    """A window-based step classifier (10 frames at 30 frames/s, every 2) from the seed's example."""
+    labels = REPO / "examples" / "example_video.labels.toml"
+    work = tmp_path_factory.mktemp("step-model")
+    return step_bundle(example_keypoints, data_dir / "annotations", labels, work)
 
 
 def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:

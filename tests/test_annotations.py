@@ -1,4 +1,4 @@
-"""Annotation files, label mappings, validation and label arrays (``trainer.annotations``).
+"""Annotation files, label mappings, validation and label arrays (``device.annotations``).
 
 The seed's real annotation file and the shipped example mapping are read in place; the other
 files are small ones written per test. The CLI side of validation (exit status, one line on
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainer.annotations import (
+from device.annotations import (
     AnnotationError,
     LabelMapping,
     LabelRange,

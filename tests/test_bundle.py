@@ -31,6 +31,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from device.features import FeatureEngine, FeatureSpec
 from device.keypoints import read_body25_table
 from device.model.bundle import (
+    SCHEMA_VERSION,
     BundleError,
     Manifest,
     build_bundle,
@@ -68,7 +69,7 @@ def sklearn_manifest(pipeline: Any, rows: np.ndarray, columns: tuple[str, ...]) 
     """A contract manifest for a scikit-learn bundle (signing fills in key_id and sha256)."""
     probabilities = pipeline.predict_proba(rows[:5])
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "model_id": "pose-test",
         "version": "2026.11.24.220000",
         "created_at": "2026-11-24T22:00:00+00:00",
@@ -80,7 +81,12 @@ def sklearn_manifest(pipeline: Any, rows: np.ndarray, columns: tuple[str, ...]) 
         "labels": [str(c) for c in pipeline.classes_],
         "window": None,
         "preprocessing": None,
-        "decision": {"threshold": 0.0, "smoothing": {"kind": "none", "k": 1}, "no_person": "skip"},
+        "decision": {
+            "threshold": 0.0,
+            "smoothing": {"kind": "none", "span_s": 0.0, "enter": 0.6, "exit": 0.4},
+            "no_person": "skip",
+        },
+        "label_names": {},
         "metrics": {"macro_f1": 0.9, "accuracy": 0.9, "balanced_accuracy": 0.9},
         "dataset_fingerprint": "sha256:" + "0" * 64,
         "min_device_version": "0.1.0",
@@ -190,6 +196,9 @@ def test_versions_that_are_not_dotted_integers_are_refused(bad: str) -> None:
 # --------------------------------------------------------------------------- manifest schema
 
 
+WINDOW = {"size": 30, "stride": 5, "flatten": False, "pool": ["mean"], "fps": 30.0}
+
+
 def _edited(document: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A deep copy of ``document`` with ``a.b.c`` set to ``value`` (or deleted when value is ...)."""
     copy = json.loads(json.dumps(document))
@@ -200,7 +209,7 @@ def _edited(document: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     if value is ...:
         del target[last]
     else:
-        target[last] = value
+        target[last] = {k: v for k, v in value.items() if v is not ...} if isinstance(value, dict) else value
     return copy
 
 
@@ -211,7 +220,7 @@ def _edited(document: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("labels", ..., "missing key 'labels'"),
         ("schema_version", "1", "schema_version: expected an integer, got str"),
         ("schema_version", True, "schema_version: expected an integer, got bool"),
-        ("schema_version", 2, "schema_version 2 is not supported"),
+        ("schema_version", 3, "schema_version: 3 is not supported (this device: 2)"),
         ("version", "1.x", "version: '1.x' is not a dotted-integer version"),
         ("created_at", "yesterday", "created_at: 'yesterday' is not an ISO 8601 time"),
         ("model_id", "../etc", "model_id: '../etc' does not match"),
@@ -223,12 +232,17 @@ def _edited(document: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("feature_spec.z", ..., "feature_spec: missing key 'z'"),
         ("feature_spec.angles", ["left_elbow", "wrist"], "feature_spec: unknown angle 'wrist'"),
         ("feature_spec.min_visibility", "high", "feature_spec: could not convert string to float"),
-        ("window", {"size": 30, "stride": 5, "flatten": False}, "window: missing key 'pool'"),
-        ("window", {"size": 0, "stride": 5, "flatten": False, "pool": ["mean"]}, "window: window size"),
+        ("window", {**WINDOW, "pool": ...}, "window: missing key 'pool'"),
+        ("window", {**WINDOW, "fps": ...}, "window: missing key 'fps'"),
+        ("window", {**WINDOW, "size": 0}, "window: window size"),
+        ("window", {**WINDOW, "fps": 0}, "window: window fps"),
         ("preprocessing", {"fill": [0.0]}, "preprocessing: required for tflite, null for sklearn"),
         ("decision.threshold", 1.5, "decision: threshold: must be within 0..1"),
         ("decision.smoothing.kind", "fancy", "decision: smoothing: kind: 'fancy' is not one of"),
-        ("decision.smoothing.k", 0, "decision: smoothing: k: must be >= 1"),
+        ("decision.smoothing.span_s", -1, "decision: smoothing: span_s: must be within 0..60 seconds"),
+        ("decision.smoothing.exit", 0.7, "decision: smoothing: exit: must not exceed enter (0.6)"),
+        ("schema_version", 1, "schema_version: 1 is not supported (this device: 2); export the model again"),
+        ("label_names.walk", "Walking", "label_names: 'walk' is not one of the labels"),
         ("decision.no_person", "wait", "decision: no_person: 'wait' is not one of skip, reset"),
         ("metrics.accuracy", "high", "metrics: accuracy: expected a finite number"),
         ("dataset_fingerprint", "md5:00", "dataset_fingerprint: 'md5:00' does not match"),

@@ -20,6 +20,7 @@ from typing import Any
 
 from broker import Mosquitto, Subscriber, free_port
 from conftest import REPO, PoseBundle, eventually
+from model_bundles import resigned
 
 from device.config import Config, parse_config
 from device.daemon import Daemon
@@ -155,6 +156,34 @@ def test_page_health_and_metrics_while_frames_flow(
     assert status == 200 and jpeg[:2] == b"\xff\xd8"
     status, metrics = http_get(daemon.http_port, "/metrics")
     assert status == 200 and b"frames" in metrics
+
+
+def test_display_names_from_the_bundle_reach_the_page_state_and_home_assistant(
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path, run_daemon: Callable[[Config], Daemon]
+) -> None:
+    named = tmp_path / "named.zip"
+    names = {"Squat": "Deep squat", "Stand": "Standing"}
+    named.write_bytes(resigned(pose_model.bundle.read_bytes(), pose_model.signing_key, label_names=names))
+    with Mosquitto() as broker, Subscriber(broker.port, [f"{TOPIC}/#", "homeassistant/#"]) as sub:
+        config = device_config(tmp_path, pose_model, data_dir / "videos" / "squats.mp4", broker.port)
+        config["model"]["bundle"] = str(named)
+        daemon = run_daemon(parse_config(config))
+        assert eventually(daemon.capture.ended.is_set, 60, "the video to end")
+        sub.wait_for(f"{TOPIC}/classification", 65, timeout=30)
+        state = sub.wait_until(f"{TOPIC}/state", lambda m: m.json().get("seq") == 65, timeout=30).json()
+        assert state["label_name"] == names.get(state["label"], state["label"])
+        shown = {
+            m.json()["label"]: m.json()["label_name"]
+            for m in sub.messages(f"{TOPIC}/state")
+            if "label" in m.json()
+        }
+        assert shown.get("Squat") == "Deep squat"  # squats.mp4 is mostly squats
+        assert all(name == names.get(label, label) for label, name in shown.items())
+        discovery = sub.wait_for(f"homeassistant/device/{DEVICE}/config")[0].json()
+        sensor = discovery["cmps"][f"movement_edge_{DEVICE}_label"]
+        assert "label_name" in sensor["value_template"]
+        status, body = http_get(daemon.http_port, "/api/status")
+        assert status == 200 and json.loads(body)["model"]["label_names"] == names
 
 
 def test_a_bundle_signed_by_an_untrusted_key_leaves_the_daemon_running_without_a_model(

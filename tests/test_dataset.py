@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from device.annotations import LabelMapping, Problem, ValidationError
 from device.features import FeatureEngine, FeatureSpec
 from device.keypoints import KeypointSequence, sequence_records, write_frames_jsonl
 from trainer.__main__ import main
-from trainer.annotations import LabelMapping, Problem, ValidationError
 from trainer.dataset import DEFAULT_GROUPS, DatasetConfig, DatasetError, build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,7 @@ META_KEYS = {
     "strategy",
     "feature_spec",
     "window",
+    "fps",
     "label_columns",
     "feature_columns",
     "rows",
@@ -255,8 +256,9 @@ def test_columns_and_window_in_the_meta(
     frame = build(capsys, out, *tiny, *options)
     meta = meta_of(out)
     names = FeatureEngine(FeatureSpec.from_groups(DEFAULT_GROUPS)).names
-    expected_window = None if window is None else {**window, "pool": pooled}
-    assert meta["window"] == expected_window
+    # the tiny keypoint files' frames are 1/30 s apart: that rate times a window
+    expected_window = None if window is None else {**window, "pool": pooled, "fps": 30.0}
+    assert meta["window"] == expected_window and meta["fps"] == 30.0
     flat = [f"f{k}.{n}" for k in range(window["size"]) for n in names] if window and window["flatten"] else []
     expected = list(names) if pooled is None else flat + [f"{s}.{n}" for s in pooled for n in names]
     assert meta["feature_columns"] == expected

@@ -12,6 +12,7 @@ import shutil
 import stat
 import zipfile
 from collections.abc import Callable
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -274,17 +275,111 @@ def test_export_writes_a_bundle_that_verifies_and_predicts_like_the_pipeline(
     assert np.abs(device.predict_proba(rows) - pipeline.predict_proba(rows)).max() <= 1e-5
 
 
+@pytest.mark.parametrize(
+    ("smoothing", "expected"),
+    [
+        ("none", ("none", 0.0, 0.6, 0.4)),
+        ("mean:1.5", ("mean", 1.5, 0.6, 0.4)),
+        ("hysteresis", ("hysteresis", 0.0, 0.6, 0.4)),
+        ("hysteresis:0.7:0.3", ("hysteresis", 0.0, 0.7, 0.3)),
+    ],
+)
 def test_export_options_reach_the_manifest(
-    runs: dict[str, Path], keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    smoothing: str,
+    expected: tuple[str, float, float, float],
+    runs: dict[str, Path],
+    keys: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = tmp_path / "model.zip"
+    out, names = tmp_path / "model.zip", tmp_path / "names.toml"
+    names.write_text('[label_names]\nSquat = "Squat (down)"\n"T" = "T pose"\n', encoding="utf-8")
     argv = ["export", str(runs["forest"]), "--out", str(out), "--key", str(keys[0]), "--model-id", "pose-v2"]
-    argv += ["--version", "1.2.3", "--threshold", "0.6", "--smoothing", "majority:5", "--no-person", "reset"]
-    assert main(argv) == 0
+    argv += ["--version", "1.2.3", "--threshold", "0.6", "--smoothing", smoothing, "--no-person", "reset"]
+    assert main([*argv, "--label-names", str(names)]) == 0
+    assert "decision threshold 0.6: given with --threshold" in capsys.readouterr().out
     manifest = open_bundle(out, [load_public_key(keys[1])]).manifest
     assert (manifest.model_id, manifest.version) == ("pose-v2", "1.2.3")
     assert manifest.decision.threshold == 0.6 and manifest.decision.no_person == "reset"
-    assert (manifest.decision.smoothing.kind, manifest.decision.smoothing.k) == ("majority", 5)
+    chosen = manifest.decision.smoothing
+    assert (chosen.kind, chosen.span_s, chosen.enter, chosen.exit) == expected
+    assert dict(manifest.label_names) == {"Squat": "Squat (down)", "T": "T pose"}
+
+
+def _right_held_out_threshold(run: Path) -> float:
+    """The default threshold computed here from test_rows.npz and model.skops, independently of export."""
+    pipeline = load_skops((run / "model.skops").read_bytes())
+    with np.load(run / "test_rows.npz") as held_out:
+        rows, truth = held_out["X"], held_out["y"]
+    probabilities = pipeline.predict_proba(rows)
+    right = pipeline.classes_[probabilities.argmax(axis=1)] == truth
+    percentile = np.percentile(probabilities.max(axis=1)[right], 1)
+    return float(Decimal(str(percentile)).quantize(Decimal("0.01"), rounding=ROUND_FLOOR))
+
+
+@pytest.mark.parametrize(("run", "extra"), [("forest", []), ("mlp", ["--runtime", "sklearn"])])
+def test_the_default_threshold_keeps_99_percent_of_the_right_held_out_decisions(
+    run: str,
+    extra: list[str],
+    runs: dict[str, Path],
+    keys: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "model.zip"
+    assert main(["export", str(runs[run]), "--out", str(out), "--key", str(keys[0]), *extra]) == 0
+    expected = _right_held_out_threshold(runs[run])
+    assert 0 < expected < 1
+    assert open_bundle(out, [load_public_key(keys[1])]).manifest.decision.threshold == expected
+    printed = capsys.readouterr().out
+    assert f"decision threshold {expected:g}: the default from the held-out rows" in printed
+    assert "--threshold X overrides it" in printed
+
+
+def test_the_default_threshold_is_zero_when_no_held_out_row_is_right(
+    runs: dict[str, Path], keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy_run(runs, tmp_path)
+    pipeline = load_skops((run / "model.skops").read_bytes())
+    with np.load(run / "test_rows.npz") as held_out:
+        rows = held_out["X"]
+    wrong = pipeline.classes_[(pipeline.predict_proba(rows).argmax(axis=1) + 1) % len(pipeline.classes_)]
+    np.savez(run / "test_rows.npz", X=rows, y=wrong.astype(str))
+    out = tmp_path / "model.zip"
+    assert main(["export", str(run), "--out", str(out), "--key", str(keys[0])]) == 0
+    assert open_bundle(out, [load_public_key(keys[1])]).manifest.decision.threshold == 0.0
+    assert f"none of the {len(rows)} held-out rows was classified correctly" in capsys.readouterr().out
+
+
+WINDOWED = {"size": 30, "stride": 5, "flatten": False, "pool": ["mean"]}
+
+
+@pytest.mark.parametrize(
+    ("window", "extra", "fps"),
+    [
+        ({**WINDOWED, "fps": 30.0}, [], 30.0),  # the dataset's rate
+        ({**WINDOWED, "fps": 30.0}, ["--fps", "15"], 15.0),  # --fps overrides it
+        ({**WINDOWED, "fps": None}, ["--fps", "12.5"], 12.5),  # keypoints without timestamps
+    ],
+)
+def test_the_window_rate_is_the_datasets_unless_fps_is_given(
+    window: dict[str, Any],
+    extra: list[str],
+    fps: float,
+    multi: Examples,
+    keys: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    X, y, names = multi
+    pooled = (X, y, tuple(f"mean.{n}" for n in names))
+    run = write_run(
+        tmp_path / "run", fit(pipeline_with(LogisticRegression(max_iter=500)), pooled), pooled, window
+    )
+    out = tmp_path / "model.zip"
+    assert main(["export", str(run), "--out", str(out), "--key", str(keys[0]), *extra]) == 0
+    shown = open_bundle(out, [load_public_key(keys[1])]).manifest.window
+    assert shown is not None and shown.to_dict() == {**WINDOWED, "fps": fps}
 
 
 def test_a_run_without_window_needs_export_window_for_window_features(
@@ -294,28 +389,21 @@ def test_a_run_without_window_needs_export_window_for_window_features(
     pooled = (X, y, tuple(f"mean.{n}" for n in names))  # as split_on_label clips pool their frames
     run = write_run(tmp_path / "clips", fit(pipeline_with(LogisticRegression(max_iter=500)), pooled), pooled)
     out = tmp_path / "clips.zip"
-    assert main(["export", str(run), "--out", str(out), "--key", str(keys[0])]) == 2
-    assert "give --window W --stride S" in one_error_line(capsys, "export")
-    assert (
-        main(
-            ["export", str(run), "--out", str(out), "--key", str(keys[0]), "--window", "30", "--stride", "0"]
-        )
-        == 2
-    )
-    assert "--window/--stride: window size and stride must be >= 1" in one_error_line(capsys, "export")
-    assert (
-        main(
-            ["export", str(run), "--out", str(out), "--key", str(keys[0]), "--window", "30", "--stride", "5"]
-        )
-        == 0
-    )
+    export = ["export", str(run), "--out", str(out), "--key", str(keys[0])]
+    for extra, message in [
+        ([], "give --window W --stride S"),
+        (["--window", "30", "--stride", "5"], "no timestamps to take a frame rate from; give --fps F"),
+        (
+            ["--window", "30", "--stride", "0", "--fps", "30"],
+            "--window/--stride/--fps: window size and stride",
+        ),
+        (["--window", "30", "--stride", "5", "--fps", "5000"], "--window/--stride/--fps: window fps must be"),
+    ]:
+        assert main([*export, *extra]) == 2
+        assert message in one_error_line(capsys, "export")
+    assert main([*export, "--window", "30", "--stride", "5", "--fps", "30"]) == 0
     window = open_bundle(out, [load_public_key(keys[1])]).manifest.window
-    assert window is not None and window.to_dict() == {
-        "size": 30,
-        "stride": 5,
-        "flatten": False,
-        "pool": ["mean"],
-    }
+    assert window is not None and window.to_dict() == {**WINDOWED, "fps": 30.0}
 
 
 def _copy_run(runs: dict[str, Path], tmp_path: Path, name: str = "forest") -> Path:
@@ -336,6 +424,10 @@ def _remove(name: str) -> Callable[[Path], None]:
 
 def _write(name: str, payload: bytes) -> Callable[[Path], None]:
     return lambda run: (run / name).write_bytes(payload)
+
+
+SMOOTHING_FORMS = "expected none, mean:SECONDS or hysteresis[:ENTER:EXIT]"
+NAMES = ["--label-names", "{run}/names.toml"]
 
 
 def _pickled_test_rows(run: Path) -> None:
@@ -371,12 +463,40 @@ def _untrusted_model(run: Path) -> None:
         (_pickled_test_rows, [], "test_rows.npz: expected arrays X (float) and y (labels)"),
         (_write("test_rows.npz", b"garbage"), [], "test_rows.npz: "),
         (None, ["--threshold", "2"], "--threshold must be within 0..1, got 2.0"),
-        (None, ["--smoothing", "majority"], "--smoothing 'majority': K must be a whole number >= 1"),
-        (None, ["--smoothing", "hysteresis:3"], "--smoothing 'hysteresis:3': expected none, majority:K or"),
+        (None, ["--smoothing", "majority:5"], f"--smoothing 'majority:5': {SMOOTHING_FORMS}"),
+        (None, ["--smoothing", "mean"], f"--smoothing 'mean': {SMOOTHING_FORMS}"),
+        (None, ["--smoothing", "mean:soon"], f"--smoothing 'mean:soon': {SMOOTHING_FORMS}"),
+        (None, ["--smoothing", "none:1"], f"--smoothing 'none:1': {SMOOTHING_FORMS}"),
+        (None, ["--smoothing", "hysteresis:3"], f"--smoothing 'hysteresis:3': {SMOOTHING_FORMS}"),
+        (None, ["--smoothing", "mean:0"], "--smoothing 'mean:0': SECONDS must be within 0..60"),
+        (None, ["--smoothing", "mean:61"], "--smoothing 'mean:61': SECONDS must be within 0..60"),
         (
             None,
-            ["--smoothing", "median:3"],
-            "--smoothing 'median:3': expected none, majority:K or hysteresis",
+            ["--smoothing", "hysteresis:0.4:0.6"],
+            "--smoothing 'hysteresis:0.4:0.6': need 0 <= EXIT <= ENTER <= 1",
+        ),
+        (None, ["--label-names", "{run}/absent.toml"], "absent.toml: cannot read"),
+        (_write("names.toml", b"[label_names\n"), NAMES, "names.toml: not valid TOML"),
+        (
+            _write("names.toml", b'[label_names]\nwalk = "Walking"\n'),
+            NAMES,
+            "names.toml: label_names.walk: not one of the model's labels (Plank, Squat, Stand, T)",
+        ),
+        (
+            _write("names.toml", b"[label_names]\nSquat = 3\n"),
+            NAMES,
+            "names.toml: label_names.Squat: expected a non-empty display name, got int",
+        ),
+        (
+            _write("names.toml", b'[label_names]\nSquat = " "\n'),
+            NAMES,
+            "names.toml: label_names.Squat: expected a non-empty display name, got an empty string",
+        ),
+        (_write("names.toml", b'Squat = "Squat"\n'), NAMES, "names.toml: Squat: unknown key"),
+        (
+            _write("names.toml", b'label_names = "Squat"\n'),
+            NAMES,
+            "names.toml: label_names: expected a [label_names] table",
         ),
         (None, ["--version", "v1"], "--version: 'v1' is not a dotted-integer version"),
         (
@@ -403,6 +523,7 @@ def test_bad_export_inputs_exit_2_with_one_line_and_write_nothing(
         edit(run)
     out = tmp_path / "out" / "model.zip"
     out.parent.mkdir()
+    extra = [arg.replace("{run}", str(run)) for arg in extra]
     assert main(["export", str(run), "--out", str(out), "--key", str(keys[0]), *extra]) == 2
     assert message in one_error_line(capsys, "export")
     assert list(out.parent.iterdir()) == []

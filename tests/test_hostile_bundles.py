@@ -25,6 +25,7 @@ from test_hostile_files import JSON_VALUES
 from device.features import FeatureEngine, FeatureSpec
 from device.model.bundle import (
     MANIFEST,
+    SCHEMA_VERSION,
     SIGNATURE,
     BundleError,
     VerifiedBundle,
@@ -40,7 +41,7 @@ COLUMNS = list(FeatureEngine(FeatureSpec()).names[:4])
 STEPS = {"zip", "size", "layout", "signature", "manifest", "hash", "compatibility"}
 """Every check ``open_bundle`` names; a refusal must be one of them."""
 BASE: dict[str, Any] = {
-    "schema_version": 1,
+    "schema_version": SCHEMA_VERSION,
     "model_id": "hostile",
     "version": "1.0.0",
     "created_at": "2026-11-24T22:00:00+00:00",
@@ -50,9 +51,14 @@ BASE: dict[str, Any] = {
     "feature_spec": FeatureSpec().to_dict(),
     "columns": COLUMNS,
     "labels": ["a", "b"],
-    "window": {"size": 5, "stride": 1, "flatten": False, "pool": ["mean"]},
+    "window": {"size": 5, "stride": 1, "flatten": False, "pool": ["mean"], "fps": 30.0},
     "preprocessing": None,
-    "decision": {"threshold": 0.5, "smoothing": {"kind": "majority", "k": 3}, "no_person": "skip"},
+    "decision": {
+        "threshold": 0.5,
+        "smoothing": {"kind": "mean", "span_s": 0.5, "enter": 0.6, "exit": 0.4},
+        "no_person": "skip",
+    },
+    "label_names": {"a": "Label A"},
     "metrics": {"accuracy": 0.9},
     "dataset_fingerprint": "sha256:" + "0" * 64,
     "min_device_version": "0.1.0",

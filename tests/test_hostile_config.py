@@ -25,7 +25,7 @@ UTF8 = st.characters(codec="utf-8")  # what a TOML file can hold (no lone surrog
 BASE: dict[str, Any] = {
     "device": {"id": "kiosk-1", "state_dir": "state"},
     "source": {"kind": "file", "paths": ["walk.mp4"]},
-    "model": {"trusted_keys": ["signing.pub"], "smoothing": {"kind": "majority", "k": 3}},
+    "model": {"trusted_keys": ["signing.pub"], "smoothing": {"kind": "mean", "span_s": 0.5}},
     "mqtt": {"host": "127.0.0.1", "port": 1883, "username": "kiosk"},
     "http": {"port": 8080},
 }

@@ -26,6 +26,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from device.annotations import (
+    CSV_HEADER,
+    AnnotationError,
+    LabelMapping,
+    read_csv_annotations,
+    read_json_annotations,
+)
 from device.keypoints import (
     BODY25_JOINTS,
     JOINTS,
@@ -35,13 +42,6 @@ from device.keypoints import (
     read_frames_jsonl,
     read_keypoints,
     read_seed_folder,
-)
-from trainer.annotations import (
-    CSV_HEADER,
-    AnnotationError,
-    LabelMapping,
-    read_csv_annotations,
-    read_json_annotations,
 )
 from trainer.frame_files import read_frames
 

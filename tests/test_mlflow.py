@@ -245,7 +245,7 @@ def test_export_registers_a_new_version_in_the_same_run(
 ) -> None:
     out = tmp_path / "poses-3.zip"
     argv = ["export", tracked.run_dir, "--out", out, "--key", pose_model.signing_key, "--version", "3.0.0"]
-    result = run_cli(trainer, *argv, "--smoothing", "majority:3", "--mlflow", "--alias", "next")
+    result = run_cli(trainer, *argv, "--smoothing", "mean:0.3", "--mlflow", "--alias", "next")
     assert result.code == 0, result.err
     version = tracked.client.get_model_version_by_alias("poses", "next")
     assert version.run_id == tracked.run_id and version.tags["bundle.version"] == "3.0.0"

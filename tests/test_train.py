@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from sklearn.pipeline import Pipeline
 from device.cli import UsageError
 from device.features import FeatureEngine, FeatureSpec, WindowSpec, window_names
 from device.keypoints import BODY25_JOINTS, JOINT_INDEX, read_body25_table
+from device.model.bundle import load_public_key, open_bundle
 from device.model.runtimes import check_skops_types
 from trainer.__main__ import main
 from trainer.estimators import DEFAULT_MODEL, MODELS, TRUSTED_TYPES, build_pipeline, deployable
@@ -47,6 +49,7 @@ RUN_KEYS = {
     "columns",
     "feature_spec",
     "window",
+    "fps",
     "dataset",
     "split",
     "balance",
@@ -115,6 +118,7 @@ def write_dataset(
         "strategy": strategy,
         "feature_spec": feature_spec.to_dict(),
         "window": window.to_dict() if window else None,
+        "fps": window.fps if window else None,
         "label_columns": label_columns,
         "feature_columns": feature_columns,
         "rows": len(frame),
@@ -209,12 +213,20 @@ def test_report_is_self_contained_with_its_pictures(body25_run) -> None:
     for heading in ("Run settings", "Held-out metrics", "Confusion matrix", "Feature importance"):
         assert heading in html
     assert "Yoga_Warrior2_left" in html
+    # single poses: every video_id holds one row, so no video shares the split and none has a timeline
+    assert "class=warning" not in html and "<svg" not in html
+
+
+def test_auto_split_takes_single_poses_for_what_they_are(body25: Path) -> None:
+    examples = prepare(read_table(body25), "label", {}, None)
+    split = make_split(examples, "auto", 0.2, 0, seed=0)
+    assert split.kind == "stratified" and "single examples" in split.reason
 
 
 # --------------------------------------------------------------------------- a multi-video dataset
 
 VIDEOS, ROWS_PER_VIDEO = 12, 30
-WINDOW = WindowSpec(size=10, stride=5, pool=("mean", "std"))
+WINDOW = WindowSpec(size=10, stride=5, pool=("mean", "std"), fps=30.0)
 SPEC = FeatureSpec(
     normalized=(),
     angles=("left_knee", "right_knee", "left_hip", "right_hip"),
@@ -277,7 +289,21 @@ def test_grouped_split_keeps_every_video_on_one_side(
     result = train("--dataset", synthetic, "--target", "movement", "--out", tmp_path / "run")
     assert result.code == 0, result.err
     run, metrics, rows = load_run(tmp_path / "run")
-    assert run["split"] == {"kind": "group", "test_size": 0.2, "group_by": "video_id", "cv": 5}
+    assert run["split"] == {
+        "kind": "group",
+        "requested": "auto",
+        "reason": "auto: 12 videos, enough to hold out whole ones (--test-size 0.2 needs 5)",
+        "test_size": 0.2,
+        "group_by": "video_id",
+        "gap_rows": 0,
+        "cv": 5,
+        "cv_method": "5 folds of whole videos (StratifiedGroupKFold by video_id)",
+    }
+    assert "split group (auto: 12 videos" in result.err
+    assert metrics["split_warning"] is None
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "class=warning" not in html
+    assert html.count("<svg") == len(set(rows["video_id"].tolist()))  # a timeline per held-out video
     rows_per_video = Counter(synthetic_table["video_id"])
     held_out = Counter(rows["video_id"].tolist())
     assert held_out and all(held_out[v] == rows_per_video[v] for v in held_out)  # whole videos only
@@ -313,7 +339,12 @@ def test_stratified_split_of_videos_warns_that_scores_are_optimistic(synthetic: 
     assert result.code == 0, result.err
     _, metrics, _ = load_run(tmp_path / "run")
     assert metrics["sizes"]["shared_videos"] > 0
-    assert "optimistic" in result.err
+    warning = metrics["split_warning"]
+    assert "12 videos have rows in both parts" in warning and "optimistic" in warning
+    assert f"train: warning: {warning}" in result.err
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert f"<p class=warning role=alert><strong>Warning:</strong> {escape(warning)}</p>" in html
+    assert html.index("class=warning") < html.index("<h2>")  # above everything else
 
 
 def test_binary_target_drops_unlabelled_rows_and_imputes_missing_features(
@@ -439,6 +470,143 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+# --------------------------------------------------------------------------- time-blocked split
+
+
+@pytest.fixture(scope="module")
+def two_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two videos of the synthetic windows (10 frames every 5): too few for a grouped split."""
+    frame = synthetic_frame()
+    frame = frame[frame["video_id"].isin(["clip00", "clip01"])].reset_index(drop=True)
+    path = tmp_path_factory.mktemp("two") / "two.csv"
+    return write_dataset(path, frame, LABELS, COLUMNS, SPEC, WINDOW, "sliding_window")
+
+
+def test_auto_split_holds_out_the_end_of_each_video_with_a_gap(two_videos: Path, tmp_path: Path) -> None:
+    result = train("--dataset", two_videos, "--target", "movement", "--out", tmp_path / "run", "--cv", "3")
+    assert result.code == 0, result.err
+    run, metrics, rows = load_run(tmp_path / "run")
+    table = pd.read_csv(two_videos)
+    split = run["split"]
+    assert (split["kind"], split["requested"], split["group_by"]) == ("time", "auto", None)
+    assert (
+        split["reason"].startswith("auto: 2 videos, fewer than the 5 needed")
+        and "split time (auto:" in result.err
+    )
+    held_out = 0
+    for video, frames in table.groupby("video_id"):
+        tested = rows["first_frame"][rows["video_id"] == video]
+        last_rows = frames.sort_values("first_frame")["first_frame"].to_numpy()[-round(len(frames) * 0.2) :]
+        np.testing.assert_array_equal(np.sort(tested), last_rows)  # the last 20% of its rows, in order
+        held_out += len(tested)
+    # the gap: rows not held out whose frames reach into the held-out ones' (window length 10, stride 5)
+    starts = {v: rows["first_frame"][rows["video_id"] == v].min() for v in set(rows["video_id"].tolist())}
+    before = table[table["first_frame"] < table["video_id"].map(starts)]
+    gap = int((before["last_frame"] >= before["video_id"].map(starts)).sum())
+    assert split["gap_rows"] == gap == 2  # one window per video
+    assert metrics["sizes"]["train_rows"] == len(table) - held_out - gap
+    assert metrics["sizes"]["test_rows"] == held_out
+    warning = metrics["split_warning"]
+    assert "the last 20% of each video's rows (2 videos, 2 rows" in warning and "not new ones" in warning
+    assert f"train: warning: {warning}" in result.err
+    assert escape(warning) in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_time_folds_chain_forward_within_each_video_and_never_touch_their_frames(two_videos: Path) -> None:
+    examples = prepare(read_table(two_videos), "movement", {}, None)
+    split = make_split(examples, "time", 0.2, 4, seed=0)
+    assert split.folds and split.cv_method.startswith(f"{len(split.folds)} forward-chaining folds")
+    videos, frames, y = (a[split.train] for a in (examples.groups, examples.frames, examples.y))
+    for fit, validate in split.folds:
+        assert set(y[fit]) == set(y)  # a fold without a class would score another classifier
+        for video in set(videos[validate].tolist()):
+            scored = validate[videos[validate] == video]
+            learned = fit[videos[fit] == video]
+            # everything learned ends before the first frame scored: the past predicts the future
+            assert frames[learned, 1].max() < frames[scored, 0].min()
+
+
+def test_time_split_without_enough_rows_for_folds_says_there_is_no_cv(tmp_path: Path) -> None:
+    rows = 20
+    frame = pd.DataFrame(
+        {
+            "video_id": ["walk"] * rows,
+            "first_frame": range(1, rows + 1),
+            "last_frame": range(1, rows + 1),
+            "movement": ["stand"] * 12 + ["squat"] * 8,
+        }
+    )
+    values = (
+        np.random.default_rng(0).normal(size=(rows, len(COLUMNS)))
+        + (frame["movement"] == "squat").to_numpy()[:, None]
+    )
+    frame = pd.concat([frame, pd.DataFrame(values, columns=COLUMNS)], axis=1)
+    dataset = write_dataset(tmp_path / "one.csv", frame, ["movement"], COLUMNS, SPEC, WINDOW, "none")
+    result = train("--dataset", dataset, "--target", "movement", "--out", tmp_path / "run")
+    assert result.code == 0, result.err
+    run, metrics, _ = load_run(tmp_path / "run")
+    assert run["split"]["kind"] == "time" and run["split"]["cv"] == 0 and metrics["cv"] is None
+    assert run["split"]["cv_method"].startswith("none: too few rows for forward-chaining folds")
+    assert "cross-validation: none: too few rows" in result.err
+    searched = train(
+        "--dataset", dataset, "--target", "movement", "--out", tmp_path / "s", "--search", "random"
+    )
+    assert (
+        searched.code == 2 and "--search needs cross-validation folds; --split time has none" in searched.err
+    )
+
+
+TITLE = re.compile(r"<title>(true|predicted): (.+?), frames (\d+)–(\d+)</title>")
+
+
+def test_report_draws_each_held_out_video_along_its_frames(two_videos: Path, tmp_path: Path) -> None:
+    assert train("--dataset", two_videos, "--target", "movement", "--out", tmp_path / "run").code == 0
+    run, _, rows = load_run(tmp_path / "run")
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Held-out videos over time" in html and "http" not in html
+    assert all(f"</span>{label} " in html for label in run["labels"])  # the legend
+    predicted = load_model(tmp_path / "run").predict(rows["X"])
+    svgs = re.findall(r"<svg .*?</svg>", html)
+    videos = sorted(set(rows["video_id"].tolist()))
+    assert len(svgs) == len(videos)
+    for video, svg in zip(videos, svgs, strict=True):
+        strips: dict[str, list[tuple[str, int, int]]] = {"true": [], "predicted": []}
+        for strip, label, first, last in TITLE.findall(svg):
+            strips[strip].append((label, int(first), int(last)))
+        mine = rows["video_id"] == video
+        # the first window paints one stride too, not frames whose labels are not its last one's
+        assert min(a for _, a, _ in strips["true"]) == rows["last_frame"][mine].min() - WINDOW.stride + 1
+        for truth, guess, frame in zip(
+            rows["y"][mine], predicted[mine], rows["last_frame"][mine], strict=True
+        ):
+            # a window's label belongs to its last frame; that frame shows it in each strip
+            assert [label for label, a, b in strips["true"] if a <= frame <= b] == [truth]
+            assert [label for label, a, b in strips["predicted"] if a <= frame <= b] == [guess]
+
+
+def test_train_key_makes_the_bundle_export_makes(two_videos: Path, tmp_path: Path) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "keys")]) == 0
+    key, names = tmp_path / "keys" / "signing.key", tmp_path / "names.toml"
+    names.write_text('[label_names]\nsquat = "Squat"\nlunge = "Lunge (left)"\n', encoding="utf-8")
+    run = tmp_path / "run"
+    common = ["--key", key, "--version", "1.0.0", "--label-names", names]
+    trained = train("--dataset", two_videos, "--target", "movement", "--out", run, *common)
+    assert trained.code == 0, trained.err
+    exported = run_cli(main, "export", run, "--out", tmp_path / "export.zip", *common)
+    assert exported.code == 0, exported.err
+    public = [load_public_key(tmp_path / "keys" / "signing.pub")]
+    by_train = open_bundle(run / "bundle.zip", public).manifest
+    by_export = open_bundle(tmp_path / "export.zip", public).manifest
+    assert by_train.decision == by_export.decision and by_train.decision.threshold > 0
+    assert (
+        dict(by_train.label_names)
+        == dict(by_export.label_names)
+        == {"squat": "Squat", "lunge": "Lunge (left)"}
+    )
+    threshold = [line for line in exported.out.splitlines() if line.startswith("decision threshold")]
+    assert threshold and threshold[0] in trained.out
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -447,10 +615,11 @@ class Files:
     tmp: Path
     synthetic: Path
     tiny: Path
+    body25: Path
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> Files:
+def files(tmp_path_factory: pytest.TempPathFactory, synthetic: Path, body25: Path) -> Files:
     tmp = tmp_path_factory.mktemp("bad")
     (tmp / "notes.txt").write_text("label,x\na,1\n")
     (tmp / "broken.parquet").write_bytes(b"PAR1 this is not a parquet file")
@@ -469,7 +638,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> Files:
         }
     )
     tiny = write_dataset(tmp / "tiny.csv", tiny_frame, ["movement"], COLUMNS[:1], SPEC, WINDOW, "window")
-    return Files(tmp, synthetic, tiny)
+    return Files(tmp, synthetic, tiny, body25)
 
 
 BAD_INPUT: dict[str, tuple[Callable[[Files], list[object]], str]] = {
@@ -497,7 +666,22 @@ BAD_INPUT: dict[str, tuple[Callable[[Files], list[object]], str]] = {
         lambda f: ["--dataset", f.synthetic, "--target", "movement", "--value-map", "sqaut=x"],
         "no value 'sqaut' in movement (values: lunge, squat, step)",
     ),
-    "too few videos": (lambda f: ["--dataset", f.tiny, "--target", "movement"], "use --split stratified"),
+    "too few videos": (
+        lambda f: ["--dataset", f.tiny, "--target", "movement", "--split", "group"],
+        "only 3 video(s) in the dataset, --test-size 0.2 needs 5; use --split time",
+    ),
+    "too few rows per video for time": (
+        lambda f: ["--dataset", f.tiny, "--target", "movement"],
+        "--split time: no video has enough rows to hold out 0.2 of them",
+    ),
+    "time without videos": (
+        lambda f: ["--dataset", f.body25, "--target", "label", "--split", "time"],
+        "--split time: every video_id holds one row",
+    ),
+    "--label-names without --key": (
+        lambda f: ["--dataset", f.synthetic, "--target", "movement", "--label-names", f.tmp / "names.toml"],
+        "--label-names needs --key",
+    ),
     "too few rows": (
         lambda f: [
             "--dataset",
@@ -558,5 +742,6 @@ def test_help_explains_the_grouped_split_and_has_examples(capsys: pytest.Capture
         main(["train", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert "Examples:" in text and "Why the default split is grouped by video" in text
+    assert "Examples:" in text and "How rows are held out (--split, default auto)" in text
+    assert all(f"  {kind} " in text for kind in ("group", "time", "stratified"))
     assert all(name in text for name in MODELS)

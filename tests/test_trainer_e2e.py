@@ -95,12 +95,15 @@ def test_train_export_verify(
     runtime: str,
 ) -> None:
     run = tmp_path / "run"
-    # one video: a grouped split is impossible, so the split is stratified (train says it is optimistic)
+    # one video: too few to hold out whole ones, so auto holds out its end (and says what that means)
     command = ["train", "--dataset", str(datasets[strategy]), "--target", "step_type", "--model", model]
-    assert trainer([*command, "--split", "stratified", "--cv", "2", "--out", str(run)]) == 0
+    assert trainer([*command, "--cv", "2", "--out", str(run)]) == 0
+    assert json.loads((run / "run.json").read_text())["split"]["kind"] == "time"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.5 <= metrics["accuracy"] <= 1.0
-    assert (run / "report.html").stat().st_size > 10_000
+    # no accuracy bound: scored on steps after the ones it learned from, one video's model is weak
+    assert metrics["sizes"]["test_rows"] > 0 and "not new ones" in metrics["split_warning"]
+    report = (run / "report.html").read_text()
+    assert "class=warning" in report and report.count("<svg") == 1  # the video's timeline
 
     keys, bundle = tmp_path / "keys", tmp_path / "model.zip"
     assert trainer(["keygen", "--out", str(keys)]) == 0

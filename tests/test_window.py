@@ -1,4 +1,4 @@
-"""The rolling window and the one-frame capture slot."""
+"""Windows as spans of time, resampled to the model's rate; and the one-frame capture slot."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from conftest import eventually
 
 from device.capture import Capture, FrameSlot
 from device.config import CameraSource, CaptureSection, FileSource, UrlSource
+from device.features import WindowSpec
 from device.keypoints import empty_points
 from device.sources import Frame
 from device.status import StatusBoard
-from device.window import RollingWindow
+from device.window import FrameWindow, TimeWindow, Window
 
 
 def _points(value: float) -> np.ndarray:
@@ -26,45 +27,100 @@ def _points(value: float) -> np.ndarray:
     return points
 
 
-def test_windows_come_every_stride_frames_oldest_first() -> None:
-    window = RollingWindow(size=4, stride=2)
-    emitted = [window.push(n, n * 10.0, 0.0, _points(n)) for n in range(1, 10)]
-    got = [(w.frame_numbers.tolist(), w.points[:, 0, 0].tolist()) for w in emitted if w is not None]
+def _window(size: int, stride: int, fps: float, no_person: str = "skip") -> TimeWindow:
+    return TimeWindow(WindowSpec(size, stride, fps=fps), no_person)
+
+
+def _feed(window: TimeWindow, stamps_ms: list[float], value=lambda t: t) -> list[Window]:
+    """Frames at ``stamps_ms`` (numbered from 1) whose coordinates are ``value(t)``; the windows."""
+    emitted = [window.push(n, t, 0.0, _points(value(t))) for n, t in enumerate(stamps_ms, start=1)]
+    return [w for w in emitted if w is not None]
+
+
+def test_at_the_models_rate_windows_are_the_frames_every_stride_oldest_first() -> None:
+    windows = _feed(_window(size=4, stride=2, fps=100), [n * 10.0 for n in range(9)])
+    got = [(w.frame_numbers.tolist(), np.round(w.points[:, 0, 0], 9).tolist()) for w in windows]
     assert got == [
-        ([1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0]),
-        ([3, 4, 5, 6], [3.0, 4.0, 5.0, 6.0]),
-        ([5, 6, 7, 8], [5.0, 6.0, 7.0, 8.0]),
+        ([1, 2, 3, 4], [0.0, 10.0, 20.0, 30.0]),
+        ([3, 4, 5, 6], [20.0, 30.0, 40.0, 50.0]),
+        ([5, 6, 7, 8], [40.0, 50.0, 60.0, 70.0]),
     ]
-    last = next(w for w in reversed(emitted) if w is not None)
-    assert last.timestamps_ms.tolist() == [50.0, 60.0, 70.0, 80.0]
+    assert np.allclose(windows[-1].timestamps_ms, [40.0, 50.0, 60.0, 70.0])
     with pytest.raises(ValueError):
-        last.points[0, 0, 0] = 1.0  # windows are immutable
+        windows[-1].points[0, 0, 0] = 1.0  # windows are immutable
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("skip", [1, 2, 4]), ("reset", None)])
+@pytest.mark.parametrize("kiosk_fps", [5.0, 10.0, 15.0, 30.0, 60.0])
+def test_a_window_is_the_same_span_of_time_at_any_kiosk_rate(kiosk_fps: float) -> None:
+    """A model trained at 30 frames/s on 1 s windows every 0.5 s: a kiosk at 5-60 frames/s."""
+    stamps = list(np.linspace(0.0, 4000.0, round(4 * kiosk_fps) + 1))  # 4 s of frames
+    windows = _feed(_window(size=31, stride=15, fps=30), stamps, value=lambda t: 2.0 * t)
+    assert len(windows) == 7  # ending at 1.0, 1.5 ... 4.0 s
+    for window in windows:
+        assert window.points.shape == (31, 33, 5)
+        assert window.timestamps_ms[-1] - window.timestamps_ms[0] == pytest.approx(1000.0)
+        assert np.diff(window.timestamps_ms) == pytest.approx(np.full(30, 1000.0 / 30))
+        # linear movement is resampled exactly, whatever frames the kiosk saw
+        assert window.points[:, 0, 0] == pytest.approx(2.0 * window.timestamps_ms)
+    ends = [w.timestamps_ms[-1] for w in windows]
+    assert ends == pytest.approx([1000.0 + 500.0 * k for k in range(len(windows))])
+
+
+def test_a_slow_source_skips_the_grid_points_it_missed() -> None:
+    windows = _feed(_window(size=3, stride=1, fps=10), [0.0, 100.0, 200.0, 350.0, 500.0])
+    assert [w.timestamps_ms[-1] for w in windows] == pytest.approx([200.0, 300.0, 500.0])  # not 400
+    assert windows[2].frame_numbers.tolist() == [4, 4, 5]  # the nearest frame to each sample
+
+
+def test_interpolation_takes_the_nearer_frame_where_a_joint_is_missing() -> None:
+    window = _window(size=5, stride=1, fps=100)
+    for n, t in enumerate([0.0, 25.0, 40.0], start=1):
+        points = _points(t)
+        if n == 2:
+            points[0, :] = np.nan  # the nose is missing in the middle frame only
+        result = window.push(n, t, 0.0, points)
+    samples = result.points
+    assert samples[:, 0, 0].tolist()[:2] == [0.0, 0.0]  # 0 ms and 10 ms: the first frame is nearer
+    assert np.isnan(samples[2:4, 0, 0]).all()  # 20 and 30 ms: nearer to the frame without it
+    assert samples[4, 0, 0] == 40.0
+    assert samples[:, 1, 0] == pytest.approx([0.0, 10.0, 20.0, 30.0, 40.0])  # other joints interpolate
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("skip", [2, 4, 4]), ("reset", None)])
 def test_frames_without_a_person_skip_or_reset(policy: str, expected: list[int] | None) -> None:
-    window = RollingWindow(size=3, stride=1, no_person=policy)
-    window.push(1, 0, 0, _points(1))
-    window.push(2, 0, 0, _points(2))
-    assert window.push(3, 0, 0, None) is None
-    result = window.push(4, 0, 0, _points(4))
+    window = _window(size=3, stride=1, fps=100, no_person=policy)
+    window.push(1, 0.0, 0, _points(1))
+    window.push(2, 10.0, 0, _points(2))
+    assert window.push(3, 20.0, 0, None) is None
+    result = window.push(4, 30.0, 0, _points(4))
     assert (None if result is None else result.frame_numbers.tolist()) == expected
 
 
-def test_skipping_spans_short_gaps_but_a_window_long_absence_resets() -> None:
-    window = RollingWindow(size=3, stride=1, no_person="skip")
-    window.push(1, 0, 0, _points(1))
-    window.push(2, 0, 0, _points(2))
-    for frame in (3, 4):  # two missing frames: shorter than a window, spanned
-        window.push(frame, 0, 0, None)
-    spanned = window.push(5, 0, 0, _points(5))
-    assert spanned is not None and spanned.frame_numbers.tolist() == [1, 2, 5]
-    for frame in (6, 7, 8):  # a whole window without anyone: the next visit starts afresh
-        window.push(frame, 0, 0, None)
-    assert window.push(9, 0, 0, _points(9)) is None
-    window.push(10, 0, 0, _points(10))
-    fresh = window.push(11, 0, 0, _points(11))
-    assert fresh is not None and fresh.frame_numbers.tolist() == [9, 10, 11]
+def test_skipping_spans_short_gaps_but_a_window_long_absence_or_a_jump_back_resets() -> None:
+    window = _window(size=3, stride=1, fps=100)  # 20 ms windows
+    window.push(1, 0.0, 0, _points(1))
+    window.push(2, 10.0, 0, _points(2))
+    assert window.push(3, 30.0, 0, _points(3)) is not None  # 20 ms without a frame: spanned
+    assert window.push(4, 51.0, 0, _points(4)) is None  # 21 ms: longer than a window, starts afresh
+    assert window.push(5, 61.0, 0, _points(5)) is None
+    fresh = window.push(6, 71.0, 0, _points(6))
+    assert fresh is not None and fresh.frame_numbers.tolist() == [4, 5, 6]
+    assert window.push(1, 0.0, 0, _points(1)) is None  # time went back: a new clip
+    assert window.push(2, 10.0, 0, _points(2)) is None
+
+
+def test_a_long_run_keeps_its_memory_bounded() -> None:
+    window = _window(size=30, stride=1, fps=30)
+    windows = _feed(window, list(np.arange(0.0, 600_000.0, 1000.0 / 30)))  # ten minutes
+    assert len(windows) == 18_000 - 29
+    assert len(window._stamps) <= 128  # held frames are one window's worth, not the whole run
+
+
+def test_per_frame_models_get_every_frame_with_a_person() -> None:
+    window = FrameWindow()
+    assert window.push(1, 0.0, 0.0, None) is None
+    single = window.push(2, 33.0, 0.0, _points(7))
+    assert single.points.shape == (1, 33, 5) and single.frame_numbers.tolist() == [2]
 
 
 def _frame(n: int) -> Frame:

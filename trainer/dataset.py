@@ -37,6 +37,19 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from device.annotations import (
+    AnnotationError,
+    Issue,
+    LabelMapping,
+    LabelRange,
+    ValidationError,
+    ValidationPolicy,
+    ValidationReport,
+    check_frame_ranges,
+    label_codes,
+    match_annotations,
+    read_annotations,
+)
 from device.cli import Command, ExitStatus, UsageError
 from device.features import (
     GROUPS,
@@ -58,19 +71,6 @@ from device.keypoints import (
     body25_to_blazepose,
     frames_stem,
     read_body25_table,
-)
-from trainer.annotations import (
-    AnnotationError,
-    Issue,
-    LabelMapping,
-    LabelRange,
-    ValidationError,
-    ValidationPolicy,
-    ValidationReport,
-    check_frame_ranges,
-    label_codes,
-    match_annotations,
-    read_annotations,
 )
 from trainer.frame_files import read_frames
 
@@ -150,6 +150,7 @@ class Plan:
     spec: FeatureSpec
     label_columns: tuple[str, ...]
     categories: Mapping[str, tuple[str, ...]]
+    fps: float | None = None  # the keypoint files' frame rate, once read (None: no timestamps)
 
     def __post_init__(self) -> None:
         target = self.strategy.target
@@ -184,7 +185,7 @@ class Plan:
         if self.strategy.per_frame or size is None:
             return None
         stride = self.config.stride or (size if self.strategy.stride_is_size else 1)
-        return WindowSpec(size, stride, self.strategy.flatten, self.pool)
+        return WindowSpec(size, stride, self.strategy.flatten, self.pool, self.fps)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -372,6 +373,7 @@ class VideoResult:
     rows: Rows | None  # None when the video's ranges have errors
     skipped: int
     report: ValidationReport
+    fps: float | None = None  # from the keypoint file's timestamps
 
 
 def video_result(job: VideoJob, sequence: KeypointSequence) -> VideoResult:
@@ -381,12 +383,12 @@ def video_result(job: VideoJob, sequence: KeypointSequence) -> VideoResult:
         raise KeypointFileError(f"{job.path}: frame numbers must increase from line to line")
     report = check_frame_ranges(job.video_id, job.ranges, frame_numbers)
     if report.errors:
-        return VideoResult(job.video_id, len(sequence), None, 0, report)
+        return VideoResult(job.video_id, len(sequence), None, 0, report, sequence.frame_rate)
     plan = job.plan
     codes = label_codes(job.ranges, frame_numbers, plan.label_columns, plan.categories)
     features = _engine(plan.spec).compute(sequence.points)
     rows, skipped = sequence_rows(job.video_id, frame_numbers, features, codes, plan)
-    return VideoResult(job.video_id, len(sequence), rows, skipped, report)
+    return VideoResult(job.video_id, len(sequence), rows, skipped, report, sequence.frame_rate)
 
 
 def build_video(job: VideoJob) -> VideoResult:
@@ -547,6 +549,7 @@ def write_dataset(
             "strategy": plan.config.strategy,
             "feature_spec": plan.spec.to_dict(),
             "window": plan.window.to_dict() if plan.window else None,
+            "fps": plan.fps,
             "label_columns": list(plan.label_columns),
             "feature_columns": list(plan.feature_names),
             "rows": len(rows),
@@ -639,6 +642,9 @@ def build_dataset(
     report = sum((r.report for r in results), report)
     report.raise_for_errors()
     rows = _collect(results, plan)
+    rates = [r.fps for r in results if r.fps is not None]
+    if rates:  # a window's frame rate: the device resamples what it sees to it
+        plan = dataclasses.replace(plan, fps=round(float(np.median(rates)), 6))  # no 30.000000000000004
     sources = [job.video_id for job in jobs]
     meta = write_dataset(out, rows, plan, sources, sum(r.frames for r in results), config.decimals)
     return DatasetResult(out, meta, label_summary(rows, plan), sum(r.skipped for r in results), report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import warnings
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from device.cli import Command, ExitStatus, UsageError
 from device.documents import read_document
 from device.features import POOLS, FeatureSpec, FeatureSpecError, WindowSpec
 from device.model.bundle import (
+    MAX_SMOOTHING_S,
     MODEL_FILES,
     NO_PERSON_POLICIES,
     SCHEMA_VERSION,
@@ -56,7 +58,10 @@ from trainer import tracking
 from trainer.tflite import TFLiteConversionError, convert_pipeline, is_convertible
 
 SAMPLE_ROWS = 20
-DEFAULT_THRESHOLD, DEFAULT_SMOOTHING, DEFAULT_NO_PERSON = 0.0, "none", "skip"
+DEFAULT_SMOOTHING, DEFAULT_NO_PERSON = "none", "skip"
+KEEP_CORRECT = 0.99
+"""Share of the right held-out decisions the default threshold keeps; the rest become ``unknown``."""
+DEFAULT_HYSTERESIS = (0.6, 0.4)  # enter, exit
 PRIVATE_KEY, PUBLIC_KEY = "signing.key", "signing.pub"
 _FLATTENED = re.compile(r"f\d+\.")
 
@@ -259,8 +264,13 @@ def _window_layout(columns: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
     return flatten, tuple(p for p in POOLS if any(c.startswith(f"{p}.") for c in columns))
 
 
-def _window(run: Run, size: int | None, stride: int | None) -> dict[str, Any] | None:
-    """The run's window, or the one given with --window/--stride (e.g. for split_on_label clips)."""
+def _window(run: Run, size: int | None, stride: int | None, fps: float | None) -> dict[str, Any] | None:
+    """The run's window, or the one given with --window/--stride (e.g. for split_on_label clips).
+
+    Its frame rate is --fps, else the one the dataset took from its keypoint files' timestamps:
+    a device running pose at another rate resamples to it, so the model sees windows as long
+    (in seconds) as the ones it learned from.
+    """
     window = run.info["window"]
     flatten, pool = (window["flatten"], tuple(window["pool"])) if window else _window_layout(run.columns)
     if size is None:
@@ -271,36 +281,129 @@ def _window(run: Run, size: int | None, stride: int | None) -> dict[str, Any] | 
                 f"{run.directory / 'run.json'}: the model reads window features but the run has no "
                 "window; give --window W --stride S"
             )
-        return window
-    if not (flatten or pool):
+        if window is None:
+            if fps is not None:
+                raise UsageError("--fps: the model reads per-frame features; it has no window to time")
+            return None
+    elif not (flatten or pool):
         raise UsageError("--window: the model reads per-frame features; it has no window")
+    fps = fps or (window and window.get("fps")) or run.info.get("fps")
+    if not fps:
+        raise UsageError(
+            f"{run.directory / 'run.json'}: the dataset's keypoints had no timestamps to take a frame "
+            "rate from; give --fps F (the frame rate of the videos the model learned from)"
+        )
     try:
+        size = window["size"] if size is None else size
         default_stride = window["stride"] if window else 1
-        return WindowSpec(size, default_stride if stride is None else stride, flatten, pool).to_dict()
+        stride = default_stride if stride is None else stride
+        return WindowSpec(size, stride, flatten, pool, float(fps)).to_dict()
     except FeatureSpecError as exc:
-        raise UsageError(f"--window/--stride: {exc}") from exc
+        raise UsageError(f"--window/--stride/--fps: {exc}") from exc
 
 
 def _smoothing(text: str) -> dict[str, Any]:
-    """``none``, ``majority:K`` or ``hysteresis`` as the manifest's ``{"kind", "k"}``.
+    """``none``, ``mean:SECONDS`` or ``hysteresis[:ENTER:EXIT]`` as the manifest's smoothing object."""
+    kind, _, rest = text.partition(":")
+    values = rest.split(":") if rest else []
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        numbers = None
+    span, (enter, exit_) = 0.0, DEFAULT_HYSTERESIS
+    if kind == "mean" and numbers is not None and len(numbers) == 1:
+        span = numbers[0]
+        if not 0 < span <= MAX_SMOOTHING_S:
+            raise UsageError(f"--smoothing {text!r}: SECONDS must be within 0..{MAX_SMOOTHING_S:g}")
+    elif kind == "hysteresis" and numbers is not None and len(numbers) in (0, 2):
+        enter, exit_ = numbers or (enter, exit_)
+        if not 0 <= exit_ <= enter <= 1:
+            raise UsageError(f"--smoothing {text!r}: need 0 <= EXIT <= ENTER <= 1")
+    elif not (kind == "none" and not values):
+        raise UsageError(f"--smoothing {text!r}: expected none, mean:SECONDS or hysteresis[:ENTER:EXIT]")
+    return {"kind": kind, "span_s": span, "enter": enter, "exit": exit_}
 
-    Only majority voting has a window count; the device's hysteresis works on its configured
-    enter/exit probabilities, so its ``k`` (like ``none``'s) is 1.
-    """
-    kind, colon, count = text.partition(":")
-    if kind in ("none", "hysteresis") and not colon:
-        return {"kind": kind, "k": 1}
-    if kind != "majority":
-        raise UsageError(f"--smoothing {text!r}: expected none, majority:K or hysteresis")
-    if not count.isdigit() or int(count) < 1:
-        raise UsageError(f"--smoothing {text!r}: K must be a whole number >= 1")
-    return {"kind": kind, "k": int(count)}
 
-
-def _decision(threshold: float, smoothing: str, no_person: str) -> dict[str, Any]:
-    if not 0.0 <= threshold <= 1.0:
+def _decision(threshold: float | None, smoothing: str, no_person: str) -> dict[str, Any]:
+    """The manifest's decision object; a ``None`` threshold is filled in from the held-out rows."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold must be within 0..1, got {threshold}")
     return {"threshold": threshold, "smoothing": _smoothing(smoothing), "no_person": no_person}
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The confidence threshold a bundle gets, and why, for the export summary."""
+
+    value: float
+    why: str
+
+
+def held_out_threshold(labels: tuple[str, ...], truth: np.ndarray, probabilities: np.ndarray) -> Threshold:
+    """The default threshold: the one that keeps :data:`KEEP_CORRECT` of the right held-out decisions.
+
+    A threshold of 0 never says ``unknown``, so a kiosk names one of its movements for anything
+    it sees; a number picked by hand bears no relation to how sure this model is when it is
+    right. The 1st percentile of the winning probability over the held-out rows the model got
+    right is a property of the model itself: the least sure 1% of right answers become
+    ``unknown``, and so do the wrong answers that are no surer than those. Not 5%: held-out rows
+    come from the training recordings, and on new video a model is less sure — on squats.mp4 the
+    20-pose model's 5th percentile (0.94) made a third of the frames ``unknown``, its 1st (0.80)
+    a fifth (the moves between squatting and standing), and it still refuses nine of its ten
+    wrong held-out answers. Rounded down to two
+    decimals so that the share kept is never below the promise; 0.0 when nothing was right.
+    """
+    winning = probabilities.max(axis=1)
+    right = np.asarray(labels)[probabilities.argmax(axis=1)] == truth
+    if not right.any():
+        why = f"none of the {len(truth)} held-out rows was classified correctly"
+        return Threshold(0.0, f"the default from the held-out rows: {why} (--threshold X overrides it)")
+    percentile = float(np.percentile(winning[right], 100 * (1 - KEEP_CORRECT)))
+    value = math.floor(round(percentile * 100, 9)) / 100  # round() first: 0.57 * 100 is 56.99999…
+    kept, refused = int((winning[right] >= value).sum()), int((winning[~right] < value).sum())
+    return Threshold(
+        value,
+        f"the default from the held-out rows: it keeps {kept} of the {int(right.sum())} rows the "
+        f"model classified correctly (the 1st percentile of their winning probability, rounded down) "
+        f"and turns {refused} of the {int((~right).sum())} wrong ones into unknown "
+        "(--threshold X overrides it)",
+    )
+
+
+@dataclass(frozen=True)
+class LabelNames:
+    """``--label-names FILE.toml``: display names for the kiosk's page and Home Assistant.
+
+    Read and checked as a document before the slow export starts; its labels are checked against
+    the model's once the run is read (:meth:`for_labels`).
+    """
+
+    path: Path
+    names: dict[str, str]
+
+    @classmethod
+    def read(cls, path: Path) -> LabelNames:
+        document = read_document(path, "TOML", UsageError)
+        unknown = [key for key in document if key != "label_names"]
+        if unknown:
+            raise UsageError(f"{path}: {unknown[0]}: unknown key (the file holds one [label_names] table)")
+        table = document.get("label_names")
+        if not isinstance(table, dict):
+            raise UsageError(f'{path}: label_names: expected a [label_names] table of label = "display name"')
+        for label, name in table.items():
+            if not isinstance(name, str) or not name.strip():
+                got = "an empty string" if isinstance(name, str) else type(name).__name__
+                raise UsageError(f"{path}: label_names.{label}: expected a non-empty display name, got {got}")
+        return cls(path, dict(table))
+
+    def for_labels(self, labels: tuple[str, ...]) -> dict[str, str]:
+        """The names, once every named label is one of ``labels``."""
+        for label in self.names:
+            if label not in labels:
+                raise UsageError(
+                    f"{self.path}: label_names.{label}: not one of the model's labels ({', '.join(labels)})"
+                )
+        return dict(self.names)
 
 
 def _metrics(run: Run, probabilities: np.ndarray) -> dict[str, float]:
@@ -334,13 +437,15 @@ def _version(text: str | None, now: datetime) -> str:
     return text
 
 
-def build_manifest(run: Run, model: ExportedModel, options: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    run: Run, model: ExportedModel, probabilities: np.ndarray, options: dict[str, Any]
+) -> dict[str, Any]:
     """The manifest (without ``key_id`` and ``sha256``, which signing fills in).
 
-    ``options`` holds the command line's ``model_id``, ``version``, ``created_at``, ``window`` and
-    ``decision``, checked before the model was loaded and converted.
+    ``options`` holds the command line's ``model_id``, ``version``, ``created_at``, ``window``,
+    ``decision`` and ``label_names``, checked before the model was loaded and converted;
+    ``probabilities`` are the exported model's on the held-out rows.
     """
-    probabilities = model.executor.predict_proba(run.rows)
     return {
         "schema_version": SCHEMA_VERSION,
         "model_id": options["model_id"],
@@ -355,6 +460,7 @@ def build_manifest(run: Run, model: ExportedModel, options: dict[str, Any]) -> d
         "window": options["window"],
         "preprocessing": model.preprocessing,
         "decision": options["decision"],
+        "label_names": options["label_names"],
         "metrics": _metrics(run, probabilities),
         "dataset_fingerprint": run.info["dataset"]["fingerprint"],
         "min_device_version": DEVICE_VERSION,
@@ -390,10 +496,23 @@ held-out row (max difference 1e-5); any other model ships as the run's skops fil
 (`--runtime sklearn` keeps an MLP or logistic regression as skops). The bundle is verified with
 the key's public half before success is reported; on any error nothing is written.
 
+The decision threshold: below it the kiosk publishes `unknown` instead of a label. By default it
+is the threshold that keeps 99% of the right decisions on the run's held-out rows (test_rows.npz):
+the 1st percentile, rounded down to 2 decimals, of the winning probability over the held-out rows
+the exported model classifies correctly (0.0 if it classifies none correctly). A fixed default
+such as 0 would never say `unknown`, and a hand-picked number ignores how sure this particular
+model is when it is right. --threshold X overrides it; export prints which one it used and why.
+
+Display names: --label-names FILE.toml holds one table, e.g.
+  [label_names]
+  squats_down = "Squat (down)"
+  "Left Step" = "Left step"
+Every key must be one of the model's labels; labels without a name are shown as they are.
+
 Examples:
   python -m trainer export runs/weight-transfer --out model.zip --key keys/signing.key
   python -m trainer export runs/step --out step.zip --key keys/signing.key \\
-      --model-id step-type --smoothing majority:5 --threshold 0.6
+      --model-id step-type --smoothing mean:1 --threshold 0.6 --label-names names.toml
   python -m trainer export runs/clips --out clips.zip --key keys/signing.key --window 30 --stride 5
 
 With --mlflow (a run trained with `train --mlflow`, optional extra: pip install .[mlflow]) the
@@ -401,7 +520,7 @@ bundle is also logged to that run (RUN_DIR/mlflow.json says where) and registere
 of --register NAME (default: the model train registered there), pointed at by --alias (default
 candidate); --model-id defaults to the model id train gave that bundle:
   python -m trainer export runs/steps --out steps-3.zip --key keys/signing.key --version 3.0.0 \\
-      --smoothing majority:5 --mlflow --alias candidate
+      --smoothing hysteresis --mlflow --alias candidate
 """
 
 
@@ -419,15 +538,27 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--stride", type=int, metavar="S", help="frames between windows (default: the run's, or 1)"
     )
     parser.add_argument(
-        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="minimum confidence to publish a label"
+        "--fps",
+        type=float,
+        metavar="F",
+        help="frame rate the window's frames were sampled at (default: the dataset's, from its timestamps)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="minimum confidence to publish a label (default: keep 99%% of the right held-out decisions)",
     )
     parser.add_argument(
         "--smoothing",
         default=DEFAULT_SMOOTHING,
-        help="none | majority:K (vote of the last K windows) | hysteresis",
+        help="none | mean:SECONDS (average the probabilities of the last SECONDS) | "
+        "hysteresis[:ENTER:EXIT] (default 0.6:0.4)",
     )
     parser.add_argument(
         "--no-person", choices=NO_PERSON_POLICIES, default=DEFAULT_NO_PERSON, help="when nobody is seen"
+    )
+    parser.add_argument(
+        "--label-names", type=Path, metavar="FILE.toml", help="display names: a [label_names] table"
     )
     parser.add_argument(
         "--runtime",
@@ -461,10 +592,12 @@ class ExportSettings:
     private_key: Ed25519PrivateKey
     version: str
     created_at: str
-    decision: dict[str, Any]
+    decision: dict[str, Any]  # its threshold None: from the held-out rows
     model_id: str | None = None  # None: the run's target column
+    label_names: LabelNames | None = None
     window: int | None = None
     stride: int | None = None
+    fps: float | None = None
     runtime: str = "auto"
 
 
@@ -473,11 +606,13 @@ def export_settings(
     *,
     model_id: str | None = None,
     version: str | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     smoothing: str = DEFAULT_SMOOTHING,
     no_person: str = DEFAULT_NO_PERSON,
+    label_names: Path | None = None,
     window: int | None = None,
     stride: int | None = None,
+    fps: float | None = None,
     runtime: str = "auto",
 ) -> ExportSettings:
     """Load the signing key and check the options; every problem is a :class:`UsageError`."""
@@ -492,37 +627,56 @@ def export_settings(
         created_at=now.isoformat(),
         decision=_decision(threshold, smoothing, no_person),
         model_id=model_id,
+        label_names=LabelNames.read(label_names) if label_names is not None else None,
         window=window,
         stride=stride,
+        fps=fps,
         runtime=runtime,
     )
 
 
-def export_run(run_dir: Path, out: Path, settings: ExportSettings) -> VerifiedBundle:
+@dataclass(frozen=True)
+class Exported:
+    """A written, verified bundle and the threshold it was given."""
+
+    bundle: VerifiedBundle
+    threshold: Threshold
+
+    def summary(self, path: Path) -> list[str]:
+        """What was written and which threshold it says ``unknown`` below, and why."""
+        shown = self.bundle.manifest
+        return [
+            f"wrote {path}: {shown.model_id} {shown.version} ({shown.runtime}, {len(shown.labels)} labels, "
+            f"{len(shown.columns)} columns), signed by key {self.bundle.signer}; verified",
+            f"decision threshold {self.threshold.value:g}: {self.threshold.why}",
+        ]
+
+
+def export_run(run_dir: Path, out: Path, settings: ExportSettings) -> Exported:
     """Read, convert, sign and write ``run_dir``'s model to ``out``, then verify it as a device would."""
     run = read_run(run_dir)  # the slow part: loading the skops file
     options = {
         "version": settings.version,
         "created_at": settings.created_at,
-        "decision": settings.decision,
         "model_id": settings.model_id or run.info["target"],
-        "window": _window(run, settings.window, settings.stride),
+        "window": _window(run, settings.window, settings.stride, settings.fps),
+        "label_names": settings.label_names.for_labels(run.labels) if settings.label_names else {},
     }
     model = EXPORTERS[_runtime_name(run, settings.runtime)](run)
+    probabilities = model.executor.predict_proba(run.rows)  # as the device will compute them
+    given = settings.decision["threshold"]
+    threshold = (
+        held_out_threshold(run.labels, run.truth, probabilities)
+        if given is None
+        else Threshold(given, "given with --threshold")
+    )
+    options["decision"] = {**settings.decision, "threshold": threshold.value}
     try:
-        write_bundle(out, build_manifest(run, model, options), model.content, settings.private_key)
+        manifest = build_manifest(run, model, probabilities, options)
+        write_bundle(out, manifest, model.content, settings.private_key)
     except BundleError as exc:
         raise UsageError(f"{run_dir}: the device would refuse this bundle ({exc})") from exc
-    return _check_written(out, settings.private_key.public_key())
-
-
-def describe(path: Path, bundle: VerifiedBundle) -> str:
-    """One line naming what a written bundle holds and who signed it."""
-    shown = bundle.manifest
-    return (
-        f"{path}: {shown.model_id} {shown.version} ({shown.runtime}, {len(shown.labels)} labels, "
-        f"{len(shown.columns)} columns), signed by key {bundle.signer}; verified"
-    )
+    return Exported(_check_written(out, settings.private_key.public_key()), threshold)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -536,15 +690,19 @@ def run_export(args: argparse.Namespace) -> int:
         no_person=args.no_person,
         window=args.window,
         stride=args.stride,
+        fps=args.fps,
         runtime=args.runtime,
+        label_names=args.label_names,
     )
     out = _output_path(args.out)
     store = None
     if logged is not None:
         store = tracking.open_store(args.tracking_uri or logged.tracking_uri, create=False)
         tracking.check_unlogged(store, logged.run_id, settings.version)
-    bundle = export_run(args.run_dir, out, settings)
-    print(f"wrote {describe(out, bundle)}")
+    exported = export_run(args.run_dir, out, settings)
+    for line in exported.summary(out):
+        print(line)
+    bundle = exported.bundle
     if store is not None and logged is not None:
         # the registered model of the run's own bundle, unless this bundle has another identity
         same = args.model_id is None and logged.registered_model

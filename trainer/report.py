@@ -1,8 +1,10 @@
 """``RUN_DIR/report.html``: one self-contained page a person can read or attach to an issue.
 
 Pictures are PNGs rendered with matplotlib's Agg canvas (no display, no pyplot global state) and
-embedded as base64 data URIs, so the page has no side files and opens anywhere. Every piece of
-text from the run — labels, column names, paths — is HTML-escaped.
+embedded as base64 data URIs, or inline SVG (:mod:`trainer.timeline`), so the page has no side
+files and opens anywhere. Every piece of text from the run — labels, column names, paths — is
+HTML-escaped. The split's warning stands above everything else: the page is what people look
+at and share, so the reason its numbers may be optimistic must not live only in a terminal.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from trainer import timeline
 
 MAX_ANNOTATED_CLASSES = 30  # beyond this, the counts in the confusion matrix cells become unreadable
 
@@ -26,15 +30,23 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 img { max-width: 100%; }
 .note { color: #666; }
+.warning { background: #fff4ce; border: 2px solid #c98a00; padding: 0.6em 0.9em; font-size: 1.1em; }
+.legend { line-height: 2; }
+.swatch { display: inline-block; width: 1em; height: 1em; margin: 0 0.3em 0 0.8em; vertical-align: -0.15em; }
+figure { margin: 0.5em 0 1em; }
+figcaption { color: #666; }
 """
 
 
-def render(run: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """The whole page for a run (``run.json``) and its evaluation (``metrics.json``)."""
+def render(run: dict[str, Any], metrics: dict[str, Any], timelines: Sequence[timeline.Timeline] = ()) -> str:
+    """The whole page for a run (``run.json``), its evaluation (``metrics.json``) and, for rows
+    from videos, the held-out videos along their frames."""
     title = f"{run['model']} on {run['target']}"
+    warning = metrics["split_warning"]
     sections = [
         f"<h1>{escape(title)}</h1>",
         f"<p class=note>created {escape(run['created_at'])}</p>",
+        f"<p class=warning role=alert><strong>Warning:</strong> {escape(warning)}</p>" if warning else "",
         "<h2>Run settings</h2>",
         _table(["setting", "value"], _settings(run)),
         "<h2>Held-out metrics</h2>",
@@ -48,6 +60,8 @@ def render(run: dict[str, Any], metrics: dict[str, Any]) -> str:
         "<h2>Feature importance</h2>",
         *_importance_section(metrics["importance"]),
     ]
+    if timelines:
+        sections += ["<h2>Held-out videos over time</h2>", *timeline.section(timelines, run["labels"])]
     body = "\n".join(sections)
     return (
         "<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n"
@@ -69,7 +83,9 @@ def _settings(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("dataset", run["dataset"]["path"]),
         ("dataset rows", str(run["dataset"]["rows"])),
         ("fingerprint", run["dataset"]["fingerprint"]),
-        ("split", f"{split['kind']}, test size {split['test_size']}, {split['cv'] or 'no'} CV folds"),
+        ("split", f"{split['kind']} ({split['reason']}), test size {split['test_size']}"),
+        ("gap", f"{split['gap_rows']} rows left out between the parts"),
+        ("cross-validation", split["cv_method"]),
         ("balance", run["balance"] or "none"),
         ("search", f"{search['kind']}, {search['iterations']} candidates" if search else "none"),
         ("seed", str(run["seed"])),

@@ -46,7 +46,7 @@ from sklearn.pipeline import Pipeline
 
 from device.cli import Command, ExitStatus, UsageError
 from device.model.bundle import VerifiedBundle
-from trainer import report, tracking
+from trainer import report, timeline, tracking
 from trainer.estimators import (
     BALANCERS,
     DEFAULT_MODEL,
@@ -57,12 +57,19 @@ from trainer.estimators import (
     deployable,
     search_space,
 )
-from trainer.evaluate import SCORING, cv_summary, feature_importance, held_out_metrics, summary_table
-from trainer.export import ExportSettings, describe, export_run, export_settings
+from trainer.evaluate import (
+    SCORING,
+    classes_absent_quietly,
+    cv_summary,
+    feature_importance,
+    held_out_metrics,
+    summary_table,
+)
+from trainer.export import ExportSettings, export_run, export_settings
 
 FRAME_COLUMNS: tuple[str, ...] = ("video_id", "first_frame", "last_frame")
 GROUP_COLUMN = "video_id"
-SPLITS: tuple[str, ...] = ("group", "stratified", "random")
+SPLITS: tuple[str, ...] = ("auto", "group", "time", "stratified", "random")
 RUN_FORMAT = 1
 BUNDLE_FILE = "bundle.zip"
 Folds = list[tuple[np.ndarray, np.ndarray]]
@@ -74,14 +81,24 @@ pipeline, which `export` bundles for the device), run.json, test_rows.npz, metri
 self-contained report.html. Rows without a target label are dropped (and counted); missing
 feature values are imputed inside the pipeline, never dropped.
 
-Why the default split is grouped by video: the rows of one video are near-copies of each other
-(neighbouring frames, overlapping windows, the same person, light and camera). If some of them are
-in the training part and others in the test part, the test measures recognition of that video, not
-of the movement, and every metric comes out too high. `--split group` keeps each video_id wholly on
-one side (StratifiedGroupKFold: about 1/round(1/TEST_SIZE) of the videos, class mix balanced) and
-cross-validates by video as well, so the numbers predict what a kiosk will see with a new person.
-It needs at least round(1/TEST_SIZE) videos; with fewer, `--split stratified` is the fallback, but
-its scores are optimistic and `train` says so.
+How rows are held out (--split, default auto). The rows of one video are near-copies of each
+other (neighbouring frames, overlapping windows, the same person, light and camera). When some of
+them are in the training part and their neighbours in the test part, the test measures recognition
+of that video, not of the movement, and every metric comes out too high.
+  group       each video_id wholly on one side (StratifiedGroupKFold: 1/round(1/TEST_SIZE) of the
+              videos, class mix balanced), cross-validated by video too: the numbers predict what
+              a kiosk will see with a new person. Needs round(1/TEST_SIZE) videos (5 at 0.2).
+  time        with fewer videos: within each video, train on the first 1 - TEST_SIZE of its rows
+              in frame order and test on the last TEST_SIZE, leaving out the rows between whose
+              frames overlap the held-out ones (a window's length), so no frame is on both sides.
+              Cross-validation chains forward within each video (fit on earlier blocks, score the
+              next one). Honest where stratified is not: every score is on moments the model never
+              saw, after a gap, as a kiosk meets the future; but they are the same people, so
+              train says that the scores do not yet speak for new ones.
+  stratified  rows drawn at random with the class mix kept (random: without); right for single
+              examples such as BODY-25 poses, optimistic for videos, and train says so.
+auto takes group when there are enough videos, else time when rows have frame ranges, else
+stratified; run.json records the kind and why, metrics.json and report.html the warning.
 
 Models (--model, default {DEFAULT_MODEL}):
 {chr(10).join(f"  {name:<23} {choice.summary}" for name, choice in MODELS.items())}
@@ -103,10 +120,11 @@ Examples:
 
 Signed bundle and MLflow (optional extra: pip install .[mlflow]):
   --key FILE signs and exports the model into RUN_DIR/bundle.zip exactly as `export RUN_DIR --key
-  FILE` would (with --model-id and --version; `export` has the decision options). --mlflow logs the
-  run: parameters, the dataset fingerprint (a tag and a dataset input), every number of metrics.json,
-  and report.html, metrics.json, run.json as artifacts; with --key also the bundle, registered as a
-  new version of --register NAME (default: the model id) and pointed at by --alias (default
+  FILE` would (with --model-id, --version and --label-names; the decision options keep export's
+  defaults, the threshold among them from the held-out rows). --mlflow logs the run: parameters,
+  the dataset fingerprint (a tag and a dataset input), every number of metrics.json, and
+  report.html, metrics.json, run.json as artifacts; with --key also the bundle, registered as a new
+  version of --register NAME (default: the model id) and pointed at by --alias (default
   candidate). The store is --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db
   (artifacts in ./mlruns; `mlflow ui` in the same folder shows them). RUN_DIR/mlflow.json records
   the run. Nothing is written, and the MLflow run is marked FAILED, if any of it fails.
@@ -130,7 +148,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop", metavar="COLS", help="comma-separated feature columns (or glob patterns) to leave out"
     )
     parser.add_argument(
-        "--split", choices=SPLITS, default="group", help="held-out split (default group by video_id)"
+        "--split",
+        choices=SPLITS,
+        default="auto",
+        help="held-out split (default auto: group with enough videos, else time, else stratified)",
     )
     parser.add_argument(
         "--test-size", type=float, default=0.2, help="held-out fraction, 0 < x <= 0.5 (default 0.2)"
@@ -153,6 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bundle.add_argument("--key", type=Path, help=f"sign and export the model into RUN_DIR/{BUNDLE_FILE}")
     bundle.add_argument("--model-id", help="model id on the devices (default: the target column)")
     bundle.add_argument("--version", help="bundle version (default: UTC time YYYY.MM.DD.HHMMSS)")
+    bundle.add_argument(
+        "--label-names", type=Path, metavar="FILE.toml", help="display names of the labels, as for `export`"
+    )
     mlflow = parser.add_argument_group(f"MLflow tracking and registry ({tracking.EXTRA})")
     mlflow.add_argument("--mlflow", action="store_true", help="log the run (and register the bundle)")
     mlflow.add_argument(
@@ -280,13 +304,29 @@ def file_fingerprint(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Examples:
-    """What the model sees: features ``X`` (float64, NaN kept), labels ``y``, videos ``groups``."""
+    """What the model sees: features ``X`` (float64, NaN kept), labels ``y``, videos ``groups``,
+    and each row's ``frames`` (first_frame, last_frame; None without those columns)."""
 
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray | None
     columns: tuple[str, ...]
     rows_without_target: int
+    frames: np.ndarray | None = None
+
+    @property
+    def videos(self) -> int:
+        return 0 if self.groups is None else len(np.unique(self.groups))
+
+    @property
+    def shares_videos(self) -> bool:
+        """Whether rows share video_ids (a BODY-25 table gives each pose its own ``<stem>:<row>``)."""
+        return 0 < self.videos < len(self.y)
+
+    @property
+    def from_videos(self) -> bool:
+        """Whether rows are stretches of videos: they share video_ids and have frame ranges."""
+        return self.frames is not None and self.shares_videos
 
 
 def prepare(table: Table, target: str, value_map: dict[str, str], drop: str | None) -> Examples:
@@ -315,7 +355,18 @@ def prepare(table: Table, target: str, value_map: dict[str, str], drop: str | No
     groups = None
     if GROUP_COLUMN in table.frame.columns:
         groups = table.frame.loc[present, GROUP_COLUMN].astype("string").fillna("").to_numpy(dtype=str)
-    return Examples(np.ascontiguousarray(X), y, groups, columns, int((~present).sum()))
+    return Examples(
+        np.ascontiguousarray(X), y, groups, columns, int((~present).sum()), _frames(table.frame[present])
+    )
+
+
+def _frames(frame: pd.DataFrame) -> np.ndarray | None:
+    """(first_frame, last_frame) per row as integers, or None unless every row has both."""
+    names = list(FRAME_COLUMNS[1:])
+    if not set(names) <= set(frame.columns) or not all(is_numeric_dtype(frame[c]) for c in names):
+        return None
+    values = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    return None if np.isnan(values).any() else values.astype(np.int64)
 
 
 def _labels(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -366,23 +417,53 @@ def _feature_columns(table: Table, target: str, drop: str | None) -> tuple[str, 
 class Split:
     """Row indices of the training and test parts, and CV folds as indices into the training part.
 
+    ``reason`` says why this kind was chosen, ``gap`` counts the rows a time split leaves out
+    between the parts, and ``cv_method`` how the folds were made or why there are none.
     ``smallest_class`` is the row count of the smallest class in any set a model is fitted on (the
     training part or a training fold): SMOTE's neighbour count must stay below it.
     """
 
     kind: str
+    reason: str
     test_size: float
     train: np.ndarray
     test: np.ndarray
+    gap: int
     folds: Folds
+    cv_method: str
     smallest_class: int
 
 
+def choose_split(examples: Examples, requested: str, test_size: float) -> tuple[str, str]:
+    """The kind of split for ``--split requested``, and why; ``auto`` takes the most honest one
+    the data allows: whole videos held out, else the end of each video, else single rows."""
+    if requested != "auto":
+        return requested, f"--split {requested}"
+    needed, videos = round(1 / test_size), _count(examples.videos, "video")
+    if examples.shares_videos and examples.videos >= needed:
+        return (
+            "group",
+            f"auto: {videos}, enough to hold out whole ones (--test-size {test_size} needs {needed})",
+        )
+    too_few = (
+        f"auto: {videos}, fewer than the {needed} needed to hold out whole ones at --test-size {test_size}"
+    )
+    if examples.from_videos:
+        return "time", f"{too_few}; the end of each is held out"
+    if examples.shares_videos:
+        return "stratified", f"{too_few}, and no frame ranges to cut them at"
+    return "stratified", "auto: the rows are single examples, not stretches of videos"
+
+
 def make_split(examples: Examples, kind: str, test_size: float, cv: int, seed: int) -> Split:
-    """Hold out ``test_size`` of the rows (of the videos, when grouped) and fold the rest for CV."""
-    y, groups = examples.y, examples.groups
+    """Hold out ``test_size`` of the rows (whole videos when grouped, the end of each video when
+    time-blocked) and fold the rest for CV; ``kind`` "auto" is decided by :func:`choose_split`."""
+    kind, reason = choose_split(examples, kind, test_size)
+    y, groups, frames = examples.y, examples.groups, examples.frames
     if kind == "group":
         train, test = _grouped_holdout(y, groups, test_size, seed)
+    elif kind == "time":
+        train, test = _time_holdout(examples, test_size)
     elif kind == "stratified":
         label, count = _smallest_class(y)
         if count < 2:
@@ -391,16 +472,25 @@ def make_split(examples: Examples, kind: str, test_size: float, cv: int, seed: i
     else:
         train, test = _holdout(y, test_size, seed, stratify=None)
     train, test = np.sort(train), np.sort(test)  # fold indices below refer to this order
+    if not len(test):
+        raise UsageError(f"--split {kind}: no video has enough rows to hold out {test_size} of them")
     untrained = sorted(set(y.tolist()) - set(y[train].tolist()))
     if untrained:
+        hint = "use a smaller --test-size" if kind == "time" else "add videos of it"
         raise UsageError(
             f"--split {kind}: no training rows left for class {_some(untrained)} "
-            "(add videos of it, or use --split stratified)"
+            f"({hint}, or use --split stratified)"
         )
-    train_groups = groups[train] if groups is not None else None
-    folds = _folds(kind, y[train], train_groups, cv, seed) if cv else []
+    folds, cv_method = [], "none (--cv 0)"
+    if cv:
+        part = (
+            groups[train] if groups is not None else None,
+            frames[train] if frames is not None else None,
+        )
+        folds, cv_method = _folds(kind, y[train], *part, cv, seed)
     smallest = min(_smallest_class(y[train][rows])[1] for rows in [slice(None), *(fit for fit, _ in folds)])
-    return Split(kind, test_size, train, test, folds, smallest)
+    gap = len(y) - len(train) - len(test)
+    return Split(kind, reason, test_size, train, test, gap, folds, cv_method, smallest)
 
 
 def _grouped_holdout(
@@ -412,10 +502,46 @@ def _grouped_holdout(
     if videos < parts:
         raise UsageError(
             f"--split group: only {videos} video(s) in the dataset, --test-size {test_size} needs {parts}; "
-            "use --split stratified (rows of one video then land on both sides and scores are optimistic)"
+            "use --split time (the end of each video held out) or --split stratified (optimistic)"
         )
     splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
     return next(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def _time_holdout(examples: Examples, test_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``test_size`` of each video's rows in frame order, and the rows before them.
+
+    Rows whose frames overlap the held-out ones' are in neither part (the gap): a sliding window
+    ending just before the boundary shares most of its frames with the first held-out window.
+    """
+    if examples.frames is None or examples.groups is None:
+        raise UsageError(
+            f"--split time: the dataset has no {', '.join(FRAME_COLUMNS)} columns; use --split stratified"
+        )
+    if not examples.from_videos:
+        raise UsageError(
+            "--split time: every video_id holds one row (single examples, not videos); use --split stratified"
+        )
+    train, test = [], []
+    for rows in _video_rows(examples.groups, examples.frames):
+        held = rows[len(rows) - round(len(rows) * test_size) :]
+        test.append(held)
+        train.append(_apart(rows[: len(rows) - len(held)], held, examples.frames))
+    return np.concatenate(train), np.concatenate(test)
+
+
+def _video_rows(groups: np.ndarray, frames: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each video, in frame order."""
+    order = np.lexsort((frames[:, 1], frames[:, 0], groups))
+    return np.split(order, np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1)
+
+
+def _apart(rows: np.ndarray, other: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``rows`` less those whose frame range overlaps the span of ``other``'s (one video's rows)."""
+    if not len(other):
+        return rows
+    start, end = frames[other, 0].min(), frames[other, 1].max()
+    return rows[(frames[rows, 1] < start) | (frames[rows, 0] > end)]
 
 
 def _holdout(
@@ -427,25 +553,56 @@ def _holdout(
         raise UsageError(f"--test-size {test_size}: too few rows ({len(y)}): {_first_line(exc)}") from exc
 
 
-def _folds(kind: str, y: np.ndarray, groups: np.ndarray | None, k: int, seed: int) -> Folds:
-    """K folds of the training part, of the same kind as the held-out split."""
+def _folds(
+    kind: str, y: np.ndarray, groups: np.ndarray | None, frames: np.ndarray | None, k: int, seed: int
+) -> tuple[Folds, str]:
+    """K folds of the training part, of the same kind as the held-out split, and how they were made."""
     skip = "use a smaller --cv, or --cv 0 to skip cross-validation"
+    if kind == "time":
+        assert groups is not None and frames is not None  # the time holdout has checked
+        return _time_folds(y, groups, frames, k)
     if kind == "group":
         assert groups is not None  # the grouped holdout has checked
         videos = len(np.unique(groups))
         if videos < k:
             raise UsageError(f"--cv {k}: the training part holds only {videos} videos; {skip}")
         splitter: Any = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        method = f"{k} folds of whole videos (StratifiedGroupKFold by {GROUP_COLUMN})"
     elif kind == "stratified":
         label, count = _smallest_class(y)
         if count < k:
             raise UsageError(f"--cv {k}: class {label!r} has only {count} training rows; {skip}")
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        method = f"{k} stratified folds of rows (StratifiedKFold)"
     else:
         if len(y) < k:
             raise UsageError(f"--cv {k}: only {len(y)} training rows; {skip}")
         splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups if kind == "group" else None))
+        method = f"{k} shuffled folds of rows (KFold)"
+    return list(splitter.split(np.zeros(len(y)), y, groups if kind == "group" else None)), method
+
+
+def _time_folds(y: np.ndarray, groups: np.ndarray, frames: np.ndarray, k: int) -> tuple[Folds, str]:
+    """Forward-chaining folds, as TimeSeriesSplit makes them but within each video.
+
+    Each video's training rows are cut into k + 1 blocks in frame order; fold i validates on
+    every video's block i and fits on the blocks before it, less the rows overlapping block i (the
+    same gap as the held-out split), so no fold learns from frames after the ones it is scored on.
+    A fold whose fitting rows lack a class would score a different classifier: it is left out,
+    and with fewer than two folds left there is no cross-validation (run.json says so).
+    """
+    blocks = [np.array_split(rows, k + 1) for rows in _video_rows(groups, frames)]
+    classes, folds = set(y.tolist()), []
+    for i in range(1, k + 1):
+        validate = np.concatenate([video[i] for video in blocks])
+        fit = np.concatenate([_apart(np.concatenate(video[:i]), video[i], frames) for video in blocks])
+        if len(validate) and set(y[fit].tolist()) == classes:
+            folds.append((np.sort(fit), np.sort(validate)))
+    missing = f"{k - len(folds)} of {k} lack a class in their earlier blocks or have no rows"
+    if len(folds) < 2:
+        return [], f"none: too few rows for forward-chaining folds within each video ({missing})"
+    left_out = f"; {missing} and are left out" if len(folds) < k else ""
+    return folds, f"{len(folds)} forward-chaining folds within each video{left_out}"
 
 
 def _smallest_class(y: np.ndarray) -> tuple[str, int]:
@@ -474,7 +631,8 @@ def fit_model(examples: Examples, split: Split, args: argparse.Namespace) -> Fit
             return _search(pipeline, X, y, split.folds, args)
         cv, cv_seconds = None, 0.0
         if split.folds:
-            with stage(f"cross-validating {args.model} ({len(split.folds)} folds)") as clock:
+            label = f"cross-validating {args.model} ({len(split.folds)} folds)"
+            with stage(label) as clock, classes_absent_quietly():
                 scores = cross_validate(pipeline, X, y, cv=split.folds, scoring=SCORING, n_jobs=-1)
             cv = cv_summary({name: scores[f"test_{name}"] for name in SCORING}, "cross_validate")
             cv_seconds = clock.seconds
@@ -504,7 +662,7 @@ def _search(
     label = (
         f"searching {args.iterations} {args.model} candidates x {len(folds)} folds, then refitting the best"
     )
-    with stage(label) as clock:
+    with stage(label) as clock, classes_absent_quietly():
         search.fit(X, y)
     best, results = search.best_index_, search.cv_results_
     scores = {name: [results[f"split{i}_test_{name}"][best] for i in range(len(folds))] for name in SCORING}
@@ -533,6 +691,7 @@ def run_record(
         "columns": list(examples.columns),
         "feature_spec": meta.get("feature_spec"),
         "window": meta.get("window"),
+        "fps": meta.get("fps"),
         "dataset": {
             "path": str(table.path.resolve()),
             "fingerprint": table.fingerprint,
@@ -540,9 +699,13 @@ def run_record(
         },
         "split": {
             "kind": split.kind,
+            "requested": args.split,
+            "reason": split.reason,
             "test_size": split.test_size,
             "group_by": GROUP_COLUMN if split.kind == "group" else None,
+            "gap_rows": split.gap,
             "cv": len(split.folds),
+            "cv_method": split.cv_method,
         },
         "balance": args.balance,
         "seed": args.seed,
@@ -578,11 +741,34 @@ def split_sizes(examples: Examples, split: Split) -> dict[str, int | None]:
     return sizes
 
 
+def split_warning(examples: Examples, split: Split) -> str | None:
+    """Why the held-out scores may promise more than a kiosk will see (train prints it, and
+    metrics.json and report.html carry it where people look); None for whole videos held out."""
+    parts = round(1 / split.test_size)
+    better = f"record {parts} or more videos for --split group"
+    if split.kind == "time":
+        return (
+            f"the held-out rows are the last {split.test_size:.0%} of each video's rows "
+            f"({_count(examples.videos, 'video')}, {split.gap} rows between left out): the scores "
+            f"measure later moments of people and places the model has seen, not new ones; {better}"
+        )
+    shared = split_sizes(examples, split)["shared_videos"]
+    if shared:
+        return (
+            f"{shared} videos have rows in both parts (near-copies of each other): held-out scores are "
+            f"optimistic; {better}, or use --split time"
+        )
+    return None
+
+
 def held_out_npz(examples: Examples, split: Split) -> bytes:
-    """``test_rows.npz``: held-out ``X`` (float64, NaN kept) and ``y`` (unicode); no object arrays."""
+    """``test_rows.npz``: held-out ``X`` (float64, NaN kept) and ``y`` (unicode), with their videos
+    and frame ranges where the dataset has them; no object arrays."""
     arrays = {"X": examples.X[split.test].astype(np.float64), "y": examples.y[split.test].astype(str)}
     if examples.groups is not None:
         arrays["video_id"] = examples.groups[split.test].astype(str)
+    if examples.frames is not None:
+        arrays["first_frame"], arrays["last_frame"] = examples.frames[split.test].T
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -674,7 +860,11 @@ def _refuse_without(needed: str, given: bool, options: dict[str, object], why: s
 
 
 def _publishing(args: argparse.Namespace) -> Publishing:
-    bundle_options = {"--model-id": args.model_id, "--version": args.version}
+    bundle_options = {
+        "--model-id": args.model_id,
+        "--version": args.version,
+        "--label-names": args.label_names,
+    }
     registry_options = {"--register": args.register, "--alias": args.alias}
     _refuse_without(
         "--key", args.key is not None, bundle_options | registry_options, " (it describes the signed bundle)"
@@ -687,7 +877,9 @@ def _publishing(args: argparse.Namespace) -> Publishing:
     export = None
     if args.key is not None:
         tracking.check_name(register, "--register" if args.register else "--model-id")
-        export = export_settings(args.key, model_id=args.model_id, version=args.version)
+        export = export_settings(
+            args.key, model_id=args.model_id, version=args.version, label_names=args.label_names
+        )
     store = None
     if args.mlflow:
         store = tracking.open_store(tracking.tracking_uri(args.tracking_uri), create=True)
@@ -700,8 +892,9 @@ def _publish(staging: Path, out: Path, plan: Publishing) -> list[str]:
     bundle: VerifiedBundle | None = None
     if plan.export is not None:
         with stage(f"signing and exporting {BUNDLE_FILE}"):
-            bundle = export_run(staging, staging / BUNDLE_FILE, plan.export)
-        said.append(f"wrote {describe(out / BUNDLE_FILE, bundle)}")
+            exported = export_run(staging, staging / BUNDLE_FILE, plan.export)
+        said.extend(exported.summary(out / BUNDLE_FILE))
+        bundle = exported.bundle
     if plan.store is not None:
         with (
             stage(f"logging to MLflow ({plan.store.uri})"),
@@ -731,8 +924,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             "--balance smote: a class has a single row in a training fold; use --balance upsample"
         )
+    if args.search and not split.folds:
+        raise UsageError(f"--search needs cross-validation folds; --split {split.kind} has {split.cv_method}")
     sizes = split_sizes(examples, split)
-    _announce(args, table, examples, sizes)
+    warning = split_warning(examples, split)
+    _announce(args, table, examples, split, sizes, warning)
 
     fitted = fit_model(examples, split, args)
     X_test, y_test = examples.X[split.test], examples.y[split.test]
@@ -743,6 +939,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = {
             "format": RUN_FORMAT,
             **held_out_metrics(model, X_test, y_test),
+            "split_warning": warning,
             "cv": fitted.cv,
             "sizes": sizes,
             "seconds": {name: round(value, 3) for name, value in fitted.seconds.items()},
@@ -756,11 +953,11 @@ def run(args: argparse.Namespace) -> int:
             "run.json": _json_bytes(record),
             "test_rows.npz": held_out_npz(examples, split),
             "metrics.json": _json_bytes(metrics),
-            "report.html": report.render(record, metrics).encode("utf-8"),
+            "report.html": report.render(record, metrics, _timelines(examples, split, model)).encode("utf-8"),
         }
         write_run_dir(args.out, files, lambda staging: said.extend(_publish(staging, args.out, plan)))
     published = [name for name in (BUNDLE_FILE, tracking.RUN_RECORD) if (args.out / name).exists()]
-    print(f"{args.model} on {args.target!r}: {len(model.classes_)} classes; held-out {args.split} split")
+    print(f"{args.model} on {args.target!r}: {len(model.classes_)} classes; held-out {split.kind} split")
     print(summary_table(metrics))
     print(f"wrote {args.out}: {', '.join([*files, *published])}")
     for line in said:
@@ -768,8 +965,24 @@ def run(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _timelines(examples: Examples, split: Split, model: Pipeline) -> list[timeline.Timeline]:
+    """True and predicted labels of each held-out video along its frames (none for single rows)."""
+    if not examples.from_videos:
+        return []
+    assert examples.groups is not None and examples.frames is not None  # from_videos says so
+    test = split.test
+    return timeline.timelines(
+        examples.groups[test], examples.frames[test], examples.y[test], model.predict(examples.X[test])
+    )
+
+
 def _announce(
-    args: argparse.Namespace, table: Table, examples: Examples, sizes: dict[str, int | None]
+    args: argparse.Namespace,
+    table: Table,
+    examples: Examples,
+    split: Split,
+    sizes: dict[str, int | None],
+    warning: str | None,
 ) -> None:
     """The input as understood, and what makes its scores or its export doubtful."""
     classes = len(np.unique(examples.y))
@@ -780,19 +993,18 @@ def _announce(
     videos = (
         "" if sizes["train_videos"] is None else f" ({sizes['train_videos']} / {sizes['test_videos']} videos)"
     )
+    gap = f", {split.gap} rows between left out" if split.gap else ""
     progress(
-        f"split {args.split}: {sizes['train_rows']} training / {sizes['test_rows']} held-out rows{videos}"
+        f"split {split.kind} ({split.reason}): {sizes['train_rows']} training / {sizes['test_rows']} "
+        f"held-out rows{videos}{gap}; cross-validation: {split.cv_method}"
     )
     if table.meta is None:
         progress(
             f"note: {table.meta_path} not found: feature_spec and window are recorded as null, so `export` "
             "will refuse this run (the device could not compute its features); rebuild it with `dataset`"
         )
-    if sizes["shared_videos"]:
-        progress(
-            f"warning: {sizes['shared_videos']} videos have rows in both parts; "
-            "held-out scores are optimistic (use --split group)"
-        )
+    if warning:
+        progress(f"warning: {warning}")
 
 
 def progress(message: str) -> None:
@@ -823,6 +1035,10 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _some(names: Any, limit: int = 12) -> str:

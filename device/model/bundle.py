@@ -37,13 +37,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from device import __version__ as DEVICE_VERSION
 from device.features import FeatureEngine, FeatureSpec, FeatureSpecError, WindowSpec, window_names
+from device.smoothing import SMOOTHING_KINDS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: windows carry their frame rate (``window.fps``), smoothing spans are seconds, labels may
+have display names. A version-1 bundle is refused with a hint to export it again."""
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 MODEL_FILES: Mapping[str, str] = MappingProxyType({"sklearn": "model.skops", "tflite": "model.tflite"})
 """The model file of each runtime; a bundle holds exactly one."""
-SMOOTHING_KINDS: tuple[str, ...] = ("none", "majority", "hysteresis")
+MAX_SMOOTHING_S = 60.0
 NO_PERSON_POLICIES: tuple[str, ...] = ("skip", "reset")
 
 MAX_BUNDLE_SIZE = 64 * 1024 * 1024
@@ -179,8 +182,14 @@ def _int(value: Any, minimum: int | None = None, maximum: int | None = None) -> 
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Invalid(f"expected a finite number, got {value!r}")
+    try:  # an integer past float's range is not finite either (and must not escape as OverflowError)
+        finite = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite:
+        huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1024
+        shown = "an integer beyond any float" if huge else repr(value)
+        raise _Invalid(f"expected a finite number, got {shown}")
     return float(value)
 
 
@@ -247,13 +256,14 @@ def _feature_spec(value: Any) -> FeatureSpec:
 def _window(value: Any) -> WindowSpec | None:
     if value is None:
         return None
-    data = _exact_keys(value, ("size", "stride", "flatten", "pool"))
+    data = _exact_keys(value, ("size", "stride", "flatten", "pool", "fps"))
     try:
         return WindowSpec(
             size=_nested("size", lambda v: _int(v, maximum=MAX_WINDOW_FRAMES), data["size"]),
-            stride=_nested("stride", _int, data["stride"]),
+            stride=_nested("stride", lambda v: _int(v, maximum=MAX_WINDOW_FRAMES), data["stride"]),
             flatten=_nested("flatten", _bool, data["flatten"]),
             pool=_nested("pool", lambda v: _list(v, _text, unique=True), data["pool"]),
+            fps=_nested("fps", _number, data["fps"]),
         )
     except FeatureSpecError as exc:
         raise _Invalid(str(exc)) from None
@@ -278,18 +288,38 @@ class Preprocessing:
         return cls(fill=_nested("fill", lambda v: _list(v, _number), data["fill"]))
 
 
+def _probability(value: Any) -> float:
+    number = _number(value)
+    if not 0.0 <= number <= 1.0:
+        raise _Invalid(f"must be within 0..1, got {number}")
+    return number
+
+
 @dataclass(frozen=True)
 class Smoothing:
+    """How decisions are steadied (:mod:`device.smoothing`): ``mean`` averages the probabilities
+    of the last ``span_s`` seconds; ``hysteresis`` keeps a label until it drops below ``exit``
+    and switches only to one at or above ``enter``."""
+
     kind: str
-    k: int
+    span_s: float
+    enter: float
+    exit: float
 
     @classmethod
     def parse(cls, value: Any) -> Smoothing:
-        data = _exact_keys(value, ("kind", "k"))
-        return cls(
+        data = _exact_keys(value, ("kind", "span_s", "enter", "exit"))
+        smoothing = cls(
             kind=_nested("kind", lambda v: _text(v, choices=SMOOTHING_KINDS), data["kind"]),
-            k=_nested("k", lambda v: _int(v, minimum=1), data["k"]),
+            span_s=_nested("span_s", _number, data["span_s"]),
+            enter=_nested("enter", _probability, data["enter"]),
+            exit=_nested("exit", _probability, data["exit"]),
         )
+        if not 0.0 <= smoothing.span_s <= MAX_SMOOTHING_S:
+            raise _Invalid(f"span_s: must be within 0..{MAX_SMOOTHING_S:g} seconds, got {smoothing.span_s}")
+        if smoothing.exit > smoothing.enter:
+            raise _Invalid(f"exit: must not exceed enter ({smoothing.enter}), got {smoothing.exit}")
+        return smoothing
 
 
 @dataclass(frozen=True)
@@ -303,11 +333,8 @@ class Decision:
     @classmethod
     def parse(cls, value: Any) -> Decision:
         data = _exact_keys(value, ("threshold", "smoothing", "no_person"))
-        threshold = _nested("threshold", _number, data["threshold"])
-        if not 0.0 <= threshold <= 1.0:
-            raise _Invalid(f"threshold: must be within 0..1, got {threshold}")
         return cls(
-            threshold=threshold,
+            threshold=_nested("threshold", _probability, data["threshold"]),
             smoothing=_nested("smoothing", Smoothing.parse, data["smoothing"]),
             no_person=_nested("no_person", lambda v: _text(v, choices=NO_PERSON_POLICIES), data["no_person"]),
         )
@@ -331,8 +358,17 @@ class Samples:
         )
 
 
+def _schema_version(value: Any) -> int:
+    if _int(value) != SCHEMA_VERSION:
+        raise _Invalid(
+            f"{value} is not supported (this device: {SCHEMA_VERSION}); "
+            "export the model again with this version's trainer"
+        )
+    return value
+
+
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "schema_version": _int,
+    "schema_version": _schema_version,
     "model_id": lambda v: _text(v, _MODEL_ID),
     "version": _version,
     "created_at": _timestamp,
@@ -347,6 +383,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "window": _window,
     "preprocessing": Preprocessing.parse,
     "decision": Decision.parse,
+    "label_names": lambda v: _mapping(v, _text),
     "metrics": lambda v: _mapping(v, _number),
     "dataset_fingerprint": lambda v: _text(v, _FINGERPRINT),
     "min_device_version": _version,
@@ -388,6 +425,8 @@ class Manifest:
     window: WindowSpec | None
     preprocessing: Preprocessing | None
     decision: Decision
+    label_names: Mapping[str, str]
+    """Display names for some or all labels (the page, Home Assistant); payloads keep the labels."""
     metrics: Mapping[str, float]
     dataset_fingerprint: str
     min_device_version: str
@@ -411,6 +450,9 @@ class Manifest:
     def from_dict(cls, document: Any) -> Manifest:
         """Validate every key (refusing unknown and missing ones), then the keys against each other."""
         try:
+            if isinstance(document, dict) and "schema_version" in document:
+                # first, so an old bundle is told to be exported again rather than which key it lacks
+                _nested("schema_version", _schema_version, document["schema_version"])
             data = _exact_keys(document, (f.name for f in fields(cls)))
             manifest = cls(**{key: _nested(key, parse, data[key]) for key, parse in _PARSERS.items()})
             manifest._check_consistency()
@@ -419,8 +461,6 @@ class Manifest:
         return manifest
 
     def _check_consistency(self) -> None:
-        if self.schema_version != SCHEMA_VERSION:
-            raise _Invalid(f"schema_version {self.schema_version} is not supported (this device: 1)")
         if self.model_file != MODEL_FILES[self.runtime]:
             raise _Invalid(f"model_file: runtime {self.runtime} needs {MODEL_FILES[self.runtime]}")
         if len(self.labels) < 2:
@@ -432,6 +472,9 @@ class Manifest:
                 f"preprocessing: fill has {len(self.preprocessing.fill)} values for "
                 f"{len(self.columns)} columns"
             )
+        unnamed = [label for label in self.label_names if label not in self.labels]
+        if unnamed:
+            raise _Invalid(f"label_names: {unnamed[0]!r} is not one of the labels")
         self._check_columns()
         self._check_samples()
 

@@ -13,7 +13,7 @@ device models …`` and the daemon's start — goes through :meth:`ModelStore.in
    ``force`` (an explicit ``activate`` is the way to roll back), a stored version number with a
    different bundle needs ``force`` to be replaced, and the active version again is a no-op
    unless forced.
-3. ``load`` — the runtime and a :class:`~device.classifier.LoadedModel`: the device can compute
+3. ``load`` — the runtime and a :class:`~device.model.loaded.LoadedModel`: the device can compute
    every column the model reads.
 4. ``smoke test`` — the manifest's sample rows must reproduce their expected probabilities.
 5. ``activate`` — the bundle is written under ``<state_dir>/models/<version>.zip`` (temporary file,
@@ -48,7 +48,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from device.classifier import LoadedModel
 from device.model.bundle import (
     MAX_BUNDLE_SIZE,
     BundleError,
@@ -58,6 +57,7 @@ from device.model.bundle import (
     open_bundle,
     parse_version,
 )
+from device.model.loaded import LoadedModel
 from device.model.runtimes import check_samples, load_runtime
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ class ModelStore:
                     f"version {manifest.version} is older than the active {previous}; "
                     "a downgrade needs force (or activate a stored version)",
                 )
-            model = self._load(bundle)
+            model = load_model(bundle)
             self._store(data, bundle, digest, replaces=stored)
             self._prune()
         log.info("model installed", extra={"model_id": manifest.model_id, "version": manifest.version})
@@ -264,7 +264,7 @@ class ModelStore:
             data = self._read(self.folder / f"{row.version}.zip")
             if hashlib.sha256(data).hexdigest() != row.bundle_sha256:
                 raise ModelRejected("verify", f"{row.version}.zip changed on disk since it was installed")
-            model = self._load(self._verify(data))
+            model = load_model(self._verify(data))
             with self._activation() as (connection, stamp):
                 connection.execute(
                     "UPDATE versions SET activated = ? WHERE version = ?", (stamp, row.version)
@@ -275,34 +275,10 @@ class ModelStore:
     # ------------------------------------------------------------------ the steps
 
     def _read(self, path: Path) -> bytes:
-        """A bundle file, read at most one byte past the limit (``verify`` then names the size)."""
-        try:
-            with open(path, "rb") as handle:
-                return handle.read(self.max_bundle_bytes + 1)
-        except OSError as exc:
-            raise ModelRejected("verify", f"{path}: cannot read ({exc.strerror})") from exc
+        return read_bundle_file(path, self.max_bundle_bytes)
 
     def _verify(self, data: bytes) -> VerifiedBundle:
-        try:
-            keys = [load_public_key(path) for path in self.trusted_keys]
-            return open_bundle(data, keys, self.max_bundle_bytes, self.max_bundle_bytes)
-        except BundleError as exc:  # open_bundle checks min_device_version last, as "compatibility"
-            raise _rejected("compatibility" if exc.step == "compatibility" else "verify", exc) from exc
-
-    @staticmethod
-    def _load(bundle: VerifiedBundle) -> LoadedModel:
-        # Broad on purpose: a model runs third-party code (scikit-learn, LiteRT) whose failures
-        # take many forms; whatever it raises, the answer is a refusal, not a crashed kiosk.
-        try:
-            runtime = load_runtime(bundle)
-            model = LoadedModel(bundle, runtime)
-        except Exception as exc:
-            raise _rejected("load", exc) from exc
-        try:
-            check_samples(runtime, bundle.manifest)
-        except Exception as exc:
-            raise _rejected("smoke test", exc) from exc
-        return model
+        return verify_bundle(data, self.trusted_keys, self.max_bundle_bytes)
 
     def _store(self, data: bytes, bundle: VerifiedBundle, digest: str, replaces: _Row | None) -> None:
         """The ``activate`` step of an install: the file first, then one registry transaction."""
@@ -431,6 +407,55 @@ class ModelStore:
 
 class _Damaged(Exception):
     """The registry file is not a sound SQLite database."""
+
+
+def read_bundle_file(path: Path, max_bytes: int = MAX_BUNDLE_SIZE) -> bytes:
+    """A bundle file, read at most one byte past the limit (``verify`` then names the size)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ModelRejected("verify", f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def verify_bundle(
+    data: bytes, trusted_keys: Sequence[Path], max_bytes: int = MAX_BUNDLE_SIZE
+) -> VerifiedBundle:
+    """The ``verify`` and ``compatibility`` steps: signature, schema, hashes, device version."""
+    try:
+        keys = [load_public_key(path) for path in trusted_keys]
+        return open_bundle(data, keys, max_bytes, max_bytes)
+    except BundleError as exc:  # open_bundle checks min_device_version last, as "compatibility"
+        raise _rejected("compatibility" if exc.step == "compatibility" else "verify", exc) from exc
+
+
+def load_model(bundle: VerifiedBundle) -> LoadedModel:
+    """The ``load`` and ``smoke test`` steps: a runtime bound to the feature code, checked on samples."""
+    # Broad on purpose: a model runs third-party code (scikit-learn, LiteRT) whose failures
+    # take many forms; whatever it raises, the answer is a refusal, not a crashed kiosk.
+    try:
+        runtime = load_runtime(bundle)
+        model = LoadedModel(bundle, runtime)
+    except Exception as exc:
+        raise _rejected("load", exc) from exc
+    try:
+        check_samples(runtime, bundle.manifest)
+    except Exception as exc:
+        raise _rejected("smoke test", exc) from exc
+    return model
+
+
+def open_model(path: str | Path, trusted_keys: Sequence[str | Path]) -> LoadedModel:
+    """A bundle file through every check a kiosk makes before running it, without storing it.
+
+    For replay and the Python API: the same steps as :meth:`ModelStore.install` up to the
+    smoke test, so nothing from an untrusted or damaged bundle is ever loaded. Raises
+    :class:`ModelRejected` naming the step.
+    """
+    keys = [Path(key) for key in trusted_keys]
+    if not keys:
+        raise ModelRejected("verify", "no trusted key given: a bundle runs only if its signature checks out")
+    return load_model(verify_bundle(read_bundle_file(Path(path)), keys))
 
 
 def _same_version(a: str, b: str) -> bool:

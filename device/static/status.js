@@ -55,7 +55,9 @@
 
   function render(s) {
     const current = s.current;
-    put("label", current ? current.label : "no classification yet", current ? "" : "off");
+    // the bundle's display names, where it gives them; payloads keep the model's labels
+    const shown = (label) => (s.model && s.model.label_names && s.model.label_names[label]) || label;
+    put("label", current ? shown(current.label) : "no classification yet", current ? "" : "off");
     put("confidence", current ? fmt.pct(current.confidence) : "");
     $("confidence-bar").style.width = current ? `${(current.confidence * 100).toFixed(1)}%` : "0";
     put("person", s.person_present ? "person in view" : "nobody in view", s.person_present ? "ok" : "off");
@@ -104,7 +106,7 @@
       name, fmt.fps(t.fps), fmt.ms(t.p50_ms), fmt.ms(t.p95_ms), fmt.ms(t.p99_ms),
     ], "no timings yet");
     rows("recent", s.recent, (p) => [
-      fmt.time(p.ts), p.label, fmt.pct(p.confidence), fmt.frames(p.window), fmt.ms(p.latency_ms),
+      fmt.time(p.ts), shown(p.label), fmt.pct(p.confidence), fmt.frames(p.window), fmt.ms(p.latency_ms),
     ], "no classifications yet");
   }
 

@@ -1,0 +1,127 @@
+"""The decision pipeline: keypoints → window → features → model → smoothing → a published result.
+
+One :class:`DecisionPipeline` per running model. The daemon, ``python -m device replay`` and the
+Python API (:mod:`device.classifier`) all push frames through this one class, so a kiosk, a
+replay of a video and an integrator's program make the same decisions from the same keypoints.
+
+Every timing is the source's: windows are spans of source time (:mod:`device.window`), smoothing
+spans are seconds of source time (:mod:`device.smoothing`). The wall clock appears only in what a
+live kiosk reports about itself (``ts``, ``latency_ms``); a replay reports source time there
+instead (:class:`Timebase`), so the same video gives the same lines on every run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from device.model.bundle import Smoothing
+from device.model.loaded import LoadedModel
+from device.prediction import Prediction
+from device.smoothing import Smoother
+from device.window import Window, windower
+
+UNKNOWN = "unknown"
+"""The label published when the chosen label's confidence is below the decision threshold."""
+
+StageTimer = Callable[[str, float], None]
+"""Told how long a stage took (``"features"``, ``"classify"``), in seconds; the status board's."""
+
+
+class Timebase(Enum):
+    """What ``ts`` and ``latency_ms`` of a result mean.
+
+    ``WALL``: a live kiosk — ``ts`` is the wall clock when the result was made, ``latency_ms``
+    the time since the window's newest frame was captured. ``SOURCE``: a replay — ``ts`` is the
+    window's end in seconds of source time and ``latency_ms`` is 0, so results do not depend on
+    how fast or when the replay ran.
+    """
+
+    WALL = "wall"
+    SOURCE = "source"
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """Threshold, smoothing and the no-person policy: the bundle's, or the config's overrides."""
+
+    threshold: float
+    smoothing: Smoothing
+    no_person: str  # skip | reset
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> DecisionSettings:
+        decision = model.manifest.decision
+        return cls(decision.threshold, decision.smoothing, decision.no_person)
+
+
+class DecisionPipeline:
+    """Frames of one person → :class:`Prediction` objects, with one model's settings."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: DecisionSettings | None = None,
+        timebase: Timebase = Timebase.WALL,
+        timer: StageTimer | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings or DecisionSettings.of(model)
+        smoothing = self.settings.smoothing
+        self.smoother = Smoother(smoothing.kind, smoothing.span_s, smoothing.enter, smoothing.exit)
+        self.window = windower(model.window_spec, self.settings.no_person)
+        self.timebase = timebase
+        self._timer = timer
+
+    def reset(self) -> None:
+        """A new clip (or person): windows and smoothing start afresh."""
+        self.window.reset()
+        self.smoother.reset()
+
+    def push(
+        self,
+        frame_number: int,
+        timestamp_ms: float,
+        points: np.ndarray | None,
+        captured_at: float | None = None,
+    ) -> Prediction | None:
+        """One frame's keypoints (``(33, 5)``, None without a person); a result when a window ends."""
+        captured_at = time.monotonic() if captured_at is None else captured_at
+        window = self.window.push(frame_number, timestamp_ms, captured_at, points)
+        return None if window is None else self.decide(window)
+
+    def decide(self, window: Window) -> Prediction:
+        """Features, model, smoothing and threshold for one window."""
+        began = time.monotonic()
+        row = self.model.row(window)
+        self._time("features", began)
+        began = time.monotonic()
+        raw = self.model.probabilities(row)
+        end_ms = float(window.timestamps_ms[-1])
+        decision = self.smoother.decide(end_ms, raw)
+        self._time("classify", began)
+        labels = self.model.manifest.labels
+        label = labels[decision.label] if decision.confidence >= self.settings.threshold else UNKNOWN
+        info = self.model.info
+        live = self.timebase is Timebase.WALL
+        return Prediction(
+            ts=time.time() if live else end_ms / 1000.0,
+            label=label,
+            confidence=decision.confidence,
+            probabilities=tuple(zip(labels, map(float, decision.probabilities), strict=True)),
+            first_frame=int(window.frame_numbers[0]),
+            last_frame=int(window.frame_numbers[-1]),
+            start_ts_ms=float(window.timestamps_ms[0]),
+            end_ts_ms=end_ms,
+            model_id=info.model_id,
+            model_version=info.version,
+            latency_ms=(time.monotonic() - window.captured_at) * 1000.0 if live else 0.0,
+        )
+
+    def _time(self, stage: str, began: float) -> None:
+        if self._timer is not None:
+            self._timer(stage, time.monotonic() - began)
