@@ -28,7 +28,8 @@ from device.features import FeatureEngine, FeatureSpec
 from device.keypoints import BODY25_JOINTS, JOINT_INDEX, read_body25_table
 from trainer.estimators import DEFAULT_MODEL, MODELS, build_pipeline, deployable
 from trainer.evaluate import held_out_metrics
-from trainer.train import Examples, make_split
+from trainer.examples import Examples
+from trainer.splits import make_split
 
 SEED = 0
 LATENCY_CALLS = 200

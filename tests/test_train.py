@@ -37,7 +37,10 @@ from device.model.runtimes import check_skops_types
 from trainer.__main__ import main
 from trainer.estimators import DEFAULT_MODEL, MODELS, TRUSTED_TYPES, build_pipeline, deployable
 from trainer.evaluate import held_out_metrics
-from trainer.train import make_split, prepare, read_table, write_run_dir
+from trainer.examples import prepare
+from trainer.splits import make_split
+from trainer.table import read_table
+from trainer.train import write_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = {"model.skops", "run.json", "test_rows.npz", "metrics.json", "report.html"}

@@ -1,9 +1,10 @@
 """``python -m trainer train``: a dataset file -> one fitted, evaluated pipeline in a run directory.
 
-The stages are small functions with one job each: :func:`read_table` (the dataset file and its
-meta, per ``docs/trainer-contracts.md``), :func:`prepare` (target, value map, feature columns),
-:func:`make_split` (held-out rows and cross-validation folds), :func:`fit_model` (cross-validation
-or random search, then the final fit), and :func:`write_run_dir` (everything at once, atomically).
+The stages are small functions with one job each: :func:`~trainer.table.read_table` (the dataset
+file and its meta, per ``docs/trainer-contracts.md``), :func:`~trainer.examples.prepare` (target,
+value map, feature columns), :func:`~trainer.splits.make_split` (held-out rows and
+cross-validation folds), :func:`fit_model` (cross-validation or random search, then the final
+fit), and :func:`write_run_dir` (everything at once, atomically).
 Every check of the user's input happens before the first progress line and before anything is
 written, so bad input costs nothing and leaves nothing behind.
 """
@@ -11,7 +12,6 @@ written, so bad input costs nothing and leaves nothing behind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -24,23 +24,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import sklearn
 import skops
 import skops.io
-from pandas.api.types import is_numeric_dtype
 from sklearn.model_selection import (
-    KFold,
     RandomizedSearchCV,
-    StratifiedGroupKFold,
-    StratifiedKFold,
     cross_validate,
-    train_test_split,
 )
 from sklearn.pipeline import Pipeline
 
@@ -65,14 +58,14 @@ from trainer.evaluate import (
     held_out_metrics,
     summary_table,
 )
+from trainer.examples import Examples, parse_value_map, prepare
 from trainer.export import ExportSettings, export_run, export_settings
+from trainer.messages import first_line
+from trainer.splits import SPLITS, Folds, Split, make_split, split_sizes, split_warning
+from trainer.table import GROUP_COLUMN, Table, read_table
 
-FRAME_COLUMNS: tuple[str, ...] = ("video_id", "first_frame", "last_frame")
-GROUP_COLUMN = "video_id"
-SPLITS: tuple[str, ...] = ("auto", "group", "time", "stratified", "random")
 RUN_FORMAT = 1
 BUNDLE_FILE = "bundle.zip"
-Folds = list[tuple[np.ndarray, np.ndarray]]
 
 DESCRIPTION = f"""\
 Train one classifier on a dataset file (written by `python -m trainer dataset`) and evaluate it
@@ -191,425 +184,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# --------------------------------------------------------------------------- the dataset file
-
-
-@dataclass(frozen=True)
-class Table:
-    """A dataset file and its meta (``None`` when ``FILE.meta.json`` does not exist)."""
-
-    path: Path
-    frame: pd.DataFrame
-    meta: dict[str, Any] | None
-    label_columns: tuple[str, ...]
-    feature_columns: tuple[str, ...]
-    fingerprint: str
-
-    @property
-    def meta_path(self) -> Path:
-        return meta_path(self.path)
-
-
-def meta_path(path: Path) -> Path:
-    """``FILE.csv`` / ``FILE.parquet`` -> ``FILE.meta.json``."""
-    return path.with_suffix(".meta.json")
-
-
-# Only empty cells (and NaN spelled out) are missing: a label such as "NA" or "None" is a label.
-_CSV_MISSING = ["", "NaN", "nan"]
-
-
-def _read_csv(path: Path, meta: dict[str, Any] | None) -> pd.DataFrame:
-    text_columns = [GROUP_COLUMN, *(meta["label_columns"] if meta else [])]
-    return pd.read_csv(
-        path, dtype=dict.fromkeys(text_columns, str), keep_default_na=False, na_values=_CSV_MISSING
-    )
-
-
-def _read_parquet(path: Path, meta: dict[str, Any] | None) -> pd.DataFrame:
-    return pd.read_parquet(path)
-
-
-READERS: dict[str, Callable[[Path, dict[str, Any] | None], pd.DataFrame]] = {
-    ".csv": _read_csv,
-    ".parquet": _read_parquet,
-}
-
-
-def read_table(path: Path) -> Table:
-    """Read a dataset file per the contract; every problem is a :class:`UsageError` naming the file."""
-    if path.suffix not in READERS:
-        raise UsageError(
-            f"--dataset {path}: unknown extension {path.suffix or '(none)'!r}; expected .csv or .parquet"
-        )
-    if not path.is_file():
-        raise UsageError(f"--dataset {path}: no such file")
-    meta = _read_meta(meta_path(path))
-    try:
-        frame = READERS[path.suffix](path, meta)
-    except (OSError, ValueError) as exc:  # pandas' and pyarrow's parse errors are ValueErrors
-        raise UsageError(f"--dataset {path}: cannot read ({_first_line(exc)})") from exc
-    fingerprint = file_fingerprint(path)
-    if meta is not None and meta.get("fingerprint", fingerprint) != fingerprint:
-        raise UsageError(f"{meta_path(path)}: describes a different table than {path} (fingerprint mismatch)")
-    labels, features = _meta_columns(frame, meta, path) if meta else _inferred_columns(frame)
-    return Table(path, frame, meta, labels, features, fingerprint)
-
-
-def _read_meta(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read ({_first_line(exc)})") from exc
-    if not isinstance(meta, dict):
-        raise UsageError(f"{path}: expected a JSON object")
-    for key in ("label_columns", "feature_columns"):
-        if not isinstance(meta.get(key), list) or not all(isinstance(c, str) for c in meta[key]):
-            raise UsageError(f"{path}: {key!r} must be a list of column names")
-    for key in ("feature_spec", "window"):
-        if not isinstance(meta.get(key), dict | None):
-            raise UsageError(f"{path}: {key!r} must be an object or null")
-    return meta
-
-
-def _meta_columns(
-    frame: pd.DataFrame, meta: dict[str, Any], path: Path
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    missing = [c for c in (*meta["label_columns"], *meta["feature_columns"]) if c not in frame.columns]
-    if missing:
-        raise UsageError(f"{meta_path(path)}: columns missing from {path}: {_some(missing)}")
-    return tuple(meta["label_columns"]), tuple(meta["feature_columns"])
-
-
-def _inferred_columns(frame: pd.DataFrame) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Without a meta file: text columns are labels, numeric ones features (frame columns aside)."""
-    others = [str(c) for c in frame.columns if c not in FRAME_COLUMNS]
-    labels = tuple(c for c in others if not is_numeric_dtype(frame[c]))
-    return labels, tuple(c for c in others if c not in labels)
-
-
-def file_fingerprint(path: Path) -> str:
-    """``sha256:<hex>`` of the table file, as the dataset meta records it."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
-# --------------------------------------------------------------------------- rows and columns
-
-
-@dataclass(frozen=True)
-class Examples:
-    """What the model sees: features ``X`` (float64, NaN kept), labels ``y``, videos ``groups``,
-    and each row's ``frames`` (first_frame, last_frame; None without those columns)."""
-
-    X: np.ndarray
-    y: np.ndarray
-    groups: np.ndarray | None
-    columns: tuple[str, ...]
-    rows_without_target: int
-    frames: np.ndarray | None = None
-
-    @property
-    def videos(self) -> int:
-        return 0 if self.groups is None else len(np.unique(self.groups))
-
-    @property
-    def shares_videos(self) -> bool:
-        """Whether rows share video_ids (a BODY-25 table gives each pose its own ``<stem>:<row>``)."""
-        return 0 < self.videos < len(self.y)
-
-    @property
-    def from_videos(self) -> bool:
-        """Whether rows are stretches of videos: they share video_ids and have frame ranges."""
-        return self.frames is not None and self.shares_videos
-
-
-def prepare(table: Table, target: str, value_map: dict[str, str], drop: str | None) -> Examples:
-    """Select the labelled rows, apply the value map, and pick the feature columns."""
-    # without a meta file any non-frame column may be the target; it is then no feature
-    allowed = table.label_columns if table.meta else (*table.label_columns, *table.feature_columns)
-    if target not in allowed:
-        raise UsageError(
-            f"--target {target!r} is not a label column of {table.path}; label columns: "
-            f"{_some(table.label_columns) if table.label_columns else '(none)'}"
-        )
-    labels, present = _labels(table.frame[target])
-    y = _apply_value_map(labels[present], value_map, target)
-    classes = np.unique(y)
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if len(classes) else "no labelled rows"
-        raise UsageError(
-            f"--target {target}: {found} after dropping {int((~present).sum())} rows without a label; "
-            "a classifier needs at least two classes"
-        )
-    columns = _feature_columns(table, target, drop)
-    not_numeric = [c for c in columns if not is_numeric_dtype(table.frame[c])]
-    if not_numeric:
-        raise UsageError(f"--dataset {table.path}: feature columns are not numeric: {_some(not_numeric)}")
-    X = table.frame.loc[present, list(columns)].to_numpy(dtype=np.float64, na_value=np.nan)
-    groups = None
-    if GROUP_COLUMN in table.frame.columns:
-        groups = table.frame.loc[present, GROUP_COLUMN].astype("string").fillna("").to_numpy(dtype=str)
-    return Examples(
-        np.ascontiguousarray(X), y, groups, columns, int((~present).sum()), _frames(table.frame[present])
-    )
-
-
-def _frames(frame: pd.DataFrame) -> np.ndarray | None:
-    """(first_frame, last_frame) per row as integers, or None unless every row has both."""
-    names = list(FRAME_COLUMNS[1:])
-    if not set(names) <= set(frame.columns) or not all(is_numeric_dtype(frame[c]) for c in names):
-        return None
-    values = frame[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    return None if np.isnan(values).any() else values.astype(np.int64)
-
-
-def _labels(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Labels as strings and a mask of the rows that have one (null and blank cells have none)."""
-    text = series.astype("string").fillna("")
-    return text.to_numpy(dtype=str), (text.str.strip() != "").to_numpy(dtype=bool)
-
-
-def parse_value_map(text: str | None) -> dict[str, str]:
-    """``"A=x,B=y"`` -> ``{"A": "x", "B": "y"}``; surrounding spaces are ignored."""
-    mapping: dict[str, str] = {}
-    for item in text.split(",") if text is not None else []:
-        old, sep, new = (part.strip() for part in item.partition("="))
-        if not sep or not old or not new or "=" in new or old in mapping:
-            raise UsageError(
-                f'--value-map: {item.strip()!r} is not a new OLD=NEW pair (e.g. "Left=step,Right=step")'
-            )
-        mapping[old] = new
-    return mapping
-
-
-def _apply_value_map(y: np.ndarray, mapping: dict[str, str], target: str) -> np.ndarray:
-    values = set(y.tolist())
-    unknown = [old for old in mapping if old not in values]
-    if unknown:
-        raise UsageError(
-            f"--value-map: no value {_some(map(repr, unknown))} in {target} (values: {_some(sorted(values))})"
-        )
-    return np.array([mapping.get(v, v) for v in y.tolist()], dtype=str) if mapping else y
-
-
-def _feature_columns(table: Table, target: str, drop: str | None) -> tuple[str, ...]:
-    columns = tuple(c for c in table.feature_columns if c != target)
-    patterns = [p.strip() for p in drop.split(",") if p.strip()] if drop is not None else []
-    unmatched = [p for p in patterns if not any(fnmatchcase(c, p) for c in columns)]
-    if unmatched:
-        raise UsageError(f"--drop: no feature column of {table.path} matches {_some(map(repr, unmatched))}")
-    kept = tuple(c for c in columns if not any(fnmatchcase(c, p) for p in patterns))
-    if not kept:
-        raise UsageError("--drop: no feature column would be left")
-    return kept
-
-
-# --------------------------------------------------------------------------- splits
-
-
-@dataclass(frozen=True)
-class Split:
-    """Row indices of the training and test parts, and CV folds as indices into the training part.
-
-    ``reason`` says why this kind was chosen, ``gap`` counts the rows a time split leaves out
-    between the parts, and ``cv_method`` how the folds were made or why there are none.
-    ``smallest_class`` is the row count of the smallest class in any set a model is fitted on (the
-    training part or a training fold): SMOTE's neighbour count must stay below it.
-    """
-
-    kind: str
-    reason: str
-    test_size: float
-    train: np.ndarray
-    test: np.ndarray
-    gap: int
-    folds: Folds
-    cv_method: str
-    smallest_class: int
-
-
-def choose_split(examples: Examples, requested: str, test_size: float) -> tuple[str, str]:
-    """The kind of split for ``--split requested``, and why; ``auto`` takes the most honest one
-    the data allows: whole videos held out, else the end of each video, else single rows."""
-    if requested != "auto":
-        return requested, f"--split {requested}"
-    needed, videos = round(1 / test_size), _count(examples.videos, "video")
-    if examples.shares_videos and examples.videos >= needed:
-        return (
-            "group",
-            f"auto: {videos}, enough to hold out whole ones (--test-size {test_size} needs {needed})",
-        )
-    too_few = (
-        f"auto: {videos}, fewer than the {needed} needed to hold out whole ones at --test-size {test_size}"
-    )
-    if examples.from_videos:
-        return "time", f"{too_few}; the end of each is held out"
-    if examples.shares_videos:
-        return "stratified", f"{too_few}, and no frame ranges to cut them at"
-    return "stratified", "auto: the rows are single examples, not stretches of videos"
-
-
-def make_split(examples: Examples, kind: str, test_size: float, cv: int, seed: int) -> Split:
-    """Hold out ``test_size`` of the rows (whole videos when grouped, the end of each video when
-    time-blocked) and fold the rest for CV; ``kind`` "auto" is decided by :func:`choose_split`."""
-    kind, reason = choose_split(examples, kind, test_size)
-    y, groups, frames = examples.y, examples.groups, examples.frames
-    if kind == "group":
-        train, test = _grouped_holdout(y, groups, test_size, seed)
-    elif kind == "time":
-        train, test = _time_holdout(examples, test_size)
-    elif kind == "stratified":
-        label, count = _smallest_class(y)
-        if count < 2:
-            raise UsageError(f"--split stratified: class {label!r} has only one row; each class needs two")
-        train, test = _holdout(y, test_size, seed, stratify=y)
-    else:
-        train, test = _holdout(y, test_size, seed, stratify=None)
-    train, test = np.sort(train), np.sort(test)  # fold indices below refer to this order
-    if not len(test):
-        raise UsageError(f"--split {kind}: no video has enough rows to hold out {test_size} of them")
-    untrained = sorted(set(y.tolist()) - set(y[train].tolist()))
-    if untrained:
-        hint = "use a smaller --test-size" if kind == "time" else "add videos of it"
-        raise UsageError(
-            f"--split {kind}: no training rows left for class {_some(untrained)} "
-            f"({hint}, or use --split stratified)"
-        )
-    folds, cv_method = [], "none (--cv 0)"
-    if cv:
-        part = (
-            groups[train] if groups is not None else None,
-            frames[train] if frames is not None else None,
-        )
-        folds, cv_method = _folds(kind, y[train], *part, cv, seed)
-    smallest = min(_smallest_class(y[train][rows])[1] for rows in [slice(None), *(fit for fit, _ in folds)])
-    gap = len(y) - len(train) - len(test)
-    return Split(kind, reason, test_size, train, test, gap, folds, cv_method, smallest)
-
-
-def _grouped_holdout(
-    y: np.ndarray, groups: np.ndarray | None, test_size: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    if groups is None:
-        raise UsageError(f"--split group: the dataset has no {GROUP_COLUMN} column; use --split stratified")
-    parts, videos = round(1 / test_size), len(np.unique(groups))
-    if videos < parts:
-        raise UsageError(
-            f"--split group: only {videos} video(s) in the dataset, --test-size {test_size} needs {parts}; "
-            "use --split time (the end of each video held out) or --split stratified (optimistic)"
-        )
-    splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
-    return next(splitter.split(np.zeros(len(y)), y, groups))
-
-
-def _time_holdout(examples: Examples, test_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """The last ``test_size`` of each video's rows in frame order, and the rows before them.
-
-    Rows whose frames overlap the held-out ones' are in neither part (the gap): a sliding window
-    ending just before the boundary shares most of its frames with the first held-out window.
-    """
-    if examples.frames is None or examples.groups is None:
-        raise UsageError(
-            f"--split time: the dataset has no {', '.join(FRAME_COLUMNS)} columns; use --split stratified"
-        )
-    if not examples.from_videos:
-        raise UsageError(
-            "--split time: every video_id holds one row (single examples, not videos); use --split stratified"
-        )
-    train, test = [], []
-    for rows in _video_rows(examples.groups, examples.frames):
-        held = rows[len(rows) - round(len(rows) * test_size) :]
-        test.append(held)
-        train.append(_apart(rows[: len(rows) - len(held)], held, examples.frames))
-    return np.concatenate(train), np.concatenate(test)
-
-
-def _video_rows(groups: np.ndarray, frames: np.ndarray) -> list[np.ndarray]:
-    """Row indices of each video, in frame order."""
-    order = np.lexsort((frames[:, 1], frames[:, 0], groups))
-    return np.split(order, np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1)
-
-
-def _apart(rows: np.ndarray, other: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """``rows`` less those whose frame range overlaps the span of ``other``'s (one video's rows)."""
-    if not len(other):
-        return rows
-    start, end = frames[other, 0].min(), frames[other, 1].max()
-    return rows[(frames[rows, 1] < start) | (frames[rows, 0] > end)]
-
-
-def _holdout(
-    y: np.ndarray, test_size: float, seed: int, stratify: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        return train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=stratify)
-    except ValueError as exc:  # too few rows for this test size and class count
-        raise UsageError(f"--test-size {test_size}: too few rows ({len(y)}): {_first_line(exc)}") from exc
-
-
-def _folds(
-    kind: str, y: np.ndarray, groups: np.ndarray | None, frames: np.ndarray | None, k: int, seed: int
-) -> tuple[Folds, str]:
-    """K folds of the training part, of the same kind as the held-out split, and how they were made."""
-    skip = "use a smaller --cv, or --cv 0 to skip cross-validation"
-    if kind == "time":
-        assert groups is not None and frames is not None  # the time holdout has checked
-        return _time_folds(y, groups, frames, k)
-    if kind == "group":
-        assert groups is not None  # the grouped holdout has checked
-        videos = len(np.unique(groups))
-        if videos < k:
-            raise UsageError(f"--cv {k}: the training part holds only {videos} videos; {skip}")
-        splitter: Any = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        method = f"{k} folds of whole videos (StratifiedGroupKFold by {GROUP_COLUMN})"
-    elif kind == "stratified":
-        label, count = _smallest_class(y)
-        if count < k:
-            raise UsageError(f"--cv {k}: class {label!r} has only {count} training rows; {skip}")
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        method = f"{k} stratified folds of rows (StratifiedKFold)"
-    else:
-        if len(y) < k:
-            raise UsageError(f"--cv {k}: only {len(y)} training rows; {skip}")
-        splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
-        method = f"{k} shuffled folds of rows (KFold)"
-    return list(splitter.split(np.zeros(len(y)), y, groups if kind == "group" else None)), method
-
-
-def _time_folds(y: np.ndarray, groups: np.ndarray, frames: np.ndarray, k: int) -> tuple[Folds, str]:
-    """Forward-chaining folds, as TimeSeriesSplit makes them but within each video.
-
-    Each video's training rows are cut into k + 1 blocks in frame order; fold i validates on
-    every video's block i and fits on the blocks before it, less the rows overlapping block i (the
-    same gap as the held-out split), so no fold learns from frames after the ones it is scored on.
-    A fold whose fitting rows lack a class would score a different classifier: it is left out,
-    and with fewer than two folds left there is no cross-validation (run.json says so).
-    """
-    blocks = [np.array_split(rows, k + 1) for rows in _video_rows(groups, frames)]
-    classes, folds = set(y.tolist()), []
-    for i in range(1, k + 1):
-        validate = np.concatenate([video[i] for video in blocks])
-        fit = np.concatenate([_apart(np.concatenate(video[:i]), video[i], frames) for video in blocks])
-        if len(validate) and set(y[fit].tolist()) == classes:
-            folds.append((np.sort(fit), np.sort(validate)))
-    missing = f"{k - len(folds)} of {k} lack a class in their earlier blocks or have no rows"
-    if len(folds) < 2:
-        return [], f"none: too few rows for forward-chaining folds within each video ({missing})"
-    left_out = f"; {missing} and are left out" if len(folds) < k else ""
-    return folds, f"{len(folds)} forward-chaining folds within each video{left_out}"
-
-
-def _smallest_class(y: np.ndarray) -> tuple[str, int]:
-    labels, counts = np.unique(y, return_counts=True)
-    return str(labels[counts.argmin()]), int(counts.min())
-
-
 # --------------------------------------------------------------------------- fitting
 
 
@@ -640,7 +214,7 @@ def fit_model(examples: Examples, split: Split, args: argparse.Namespace) -> Fit
             pipeline.fit(X, y)
         return Fitted(deployable(pipeline), cv, {"fit": clock.seconds, "cv": cv_seconds, "search": 0.0})
     except ValueError as exc:  # scikit-learn's own checks of data it cannot fit
-        raise UsageError(f"--model {args.model}: cannot fit this data ({_first_line(exc)})") from exc
+        raise UsageError(f"--model {args.model}: cannot fit this data ({first_line(exc)})") from exc
 
 
 def _search(
@@ -725,40 +299,6 @@ def run_record(
             "rows_without_target": examples.rows_without_target,
         },
     }
-
-
-def split_sizes(examples: Examples, split: Split) -> dict[str, int | None]:
-    """Rows and videos on each side; ``shared_videos`` > 0 means the scores are optimistic."""
-    sizes: dict[str, int | None] = {"train_rows": len(split.train), "test_rows": len(split.test)}
-    groups = examples.groups
-    train_videos = set(groups[split.train].tolist()) if groups is not None else None
-    test_videos = set(groups[split.test].tolist()) if groups is not None else None
-    sizes["train_videos"] = len(train_videos) if train_videos is not None else None
-    sizes["test_videos"] = len(test_videos) if test_videos is not None else None
-    shared = train_videos & test_videos if train_videos is not None and test_videos is not None else None
-    sizes["shared_videos"] = len(shared) if shared is not None else None
-    sizes["rows_without_target"] = examples.rows_without_target
-    return sizes
-
-
-def split_warning(examples: Examples, split: Split) -> str | None:
-    """Why the held-out scores may promise more than a kiosk will see (train prints it, and
-    metrics.json and report.html carry it where people look); None for whole videos held out."""
-    parts = round(1 / split.test_size)
-    better = f"record {parts} or more videos for --split group"
-    if split.kind == "time":
-        return (
-            f"the held-out rows are the last {split.test_size:.0%} of each video's rows "
-            f"({_count(examples.videos, 'video')}, {split.gap} rows between left out): the scores "
-            f"measure later moments of people and places the model has seen, not new ones; {better}"
-        )
-    shared = split_sizes(examples, split)["shared_videos"]
-    if shared:
-        return (
-            f"{shared} videos have rows in both parts (near-copies of each other): held-out scores are "
-            f"optimistic; {better}, or use --split time"
-        )
-    return None
 
 
 def held_out_npz(examples: Examples, split: Split) -> bytes:
@@ -1030,22 +570,6 @@ def stage(label: str) -> Iterator[Clock]:
 
 def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _some(names: Any, limit: int = 12) -> str:
-    """A readable, bounded list of names for a one-line message."""
-    names = [str(n) for n in names]
-    shown = ", ".join(names[:limit])
-    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 COMMAND = Command(
