@@ -1,7 +1,8 @@
 """``python -m benchmarks [NAME] [OPTIONS]`` (``make bench``): one benchmark, or all of them as one table.
 
 NAME is ``table`` (the default: every benchmark, one table) or one of ``features``, ``pose``,
-``dataset``, ``train``, ``device``, ``load``, ``extract``, ``replay``; the options are that benchmark's
+``dataset``, ``train``, ``device``, ``load``, ``extract``, ``replay``,
+``activities``; the options are that benchmark's
 own (``--help``).
 """
 
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "load": "benchmarks.load_bench",
     "extract": "benchmarks.extract_bench",
     "replay": "benchmarks.replay_bench",
+    "activities": "benchmarks.activity_bench",
 }
 
 

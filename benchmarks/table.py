@@ -3,10 +3,10 @@
 Runs, in one process and one go: feature throughput and per-window cost (``features``), dataset
 building (``dataset``), every model but the slow gradient boosting (``train``), the daemon's
 per-frame overhead, end-to-end frames/s and memory over a soak (``device``), the status API
-under concurrent clients while the pipeline runs (``load``), and replay's throughput and the cost
-of resampling a window (``replay``). Each row comes from the same
-``measure()`` its benchmark's own command uses (``python -m benchmarks NAME --help`` for one
-benchmark in detail). The default sizes keep the whole run around ten minutes on two cores;
+under concurrent clients while the pipeline runs (``load``), replay's throughput and the cost of
+resampling a window (``replay``), and the activity stage's cost per frame (``activities``). Each
+row comes from the same ``measure()`` its benchmark's own command uses (``python -m benchmarks NAME
+--help`` for one benchmark in detail). The default sizes keep the whole run around ten minutes on two cores;
 ``--soak-seconds`` lengthens the memory soak, ``--quick`` shrinks everything to check that the
 table runs (its numbers mean nothing).
 
@@ -56,6 +56,7 @@ class Sizes:
     load_seconds: float | None = None
     quiet_seconds: float | None = None
     single_seconds: float | None = None
+    activity_frames: int | None = None
 
 
 QUICK = Sizes(
@@ -75,6 +76,7 @@ QUICK = Sizes(
     load_seconds=1.0,
     quiet_seconds=1.0,
     single_seconds=1.0,
+    activity_frames=200,
 )
 
 
@@ -102,7 +104,15 @@ def load_average() -> str:
 
 def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
     """Every benchmark in turn; the device and load benchmarks share one trained model."""
-    from benchmarks import dataset_bench, device_bench, feature_bench, load_bench, replay_bench, train_bench
+    from benchmarks import (
+        activity_bench,
+        dataset_bench,
+        device_bench,
+        feature_bench,
+        load_bench,
+        replay_bench,
+        train_bench,
+    )
     from benchmarks.daemon_process import train_model
 
     rows: list[Row] = []
@@ -146,6 +156,8 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         step("load", lambda: load_bench.measure(model, work / "load", **load).rows())
         replay = given(videos=s.videos, windows=s.windows)
         step("replay", lambda: replay_bench.measure(model, **replay).rows())
+        activities = given(frames=s.activity_frames)
+        step("activities", lambda: activity_bench.measure(model, **activities).rows())
     return rows
 
 

@@ -1,18 +1,18 @@
 """The classifier in-process: frames (or keypoints) in, the kiosk's decisions out.
 
 :class:`Classifier` is the kiosk's whole per-frame path — pose → window → features → model →
-smoothing — as one object an integrator can use in their own program, and the object the daemon
+smoothing → activities — as one object an integrator can use in their own program, and the object the daemon
 and ``python -m device replay`` are built on, so all three decide alike::
 
     from device.classifier import Classifier
 
     with Classifier.open("model.zip", trusted_keys=["signing.pub"]) as classifier:
-        for prediction in classifier.classify_video("squats.mp4"):
-            print(prediction.end_ts_ms, prediction.label, prediction.confidence)
+        for output in classifier.classify_video("squats.mp4"):
+            print(output.topic, output.payload())  # classifications and activity events
 
         # or frame by frame from your own camera loop (BGR images, your timestamps):
-        for result in classifier.feed(frame_bgr, timestamp_ms):
-            print(result.payload())
+        for output in classifier.feed(frame_bgr, timestamp_ms):
+            print(output.topic, output.payload())
 
 A bundle goes through every check a kiosk makes (signature, hashes, schema, device version,
 load, smoke test) before anything in it is loaded; a refusal raises
@@ -21,7 +21,8 @@ load, smoke test) before anything in it is loaded; a refusal raises
 Clips: MediaPipe's video mode tracks a person from frame to frame and needs increasing
 timestamps, and windows and smoothing must not join two videos. A new clip — another file, frame
 numbers or timestamps starting over, or :meth:`Classifier.new_clip` — therefore starts with a
-fresh pose tracker, window and smoother, exactly as ``trainer extract`` starts each video.
+fresh pose tracker, window, smoother and activity state, exactly as ``trainer extract`` starts
+each video; the sets in progress end then, and their ``end`` events come out first.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from device.decisions import DecisionPipeline, DecisionSettings, StageTimer, Timebase
+from device.activities import ActivityEvent
+from device.decisions import DecisionPipeline, DecisionSettings, Output, StageTimer, Timebase
 from device.model.loaded import LoadedModel
 from device.model.store import open_model
 from device.prediction import Prediction
@@ -48,10 +50,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Step:
-    """What one frame gave: the person followed (``(33, 5)``, None if nobody) and any results."""
+    """What one frame gave: the person followed (``(33, 5)``, None if nobody) and the outputs."""
 
     person: np.ndarray | None
-    predictions: tuple[Prediction, ...]
+    outputs: tuple[Output, ...]
+
+    @property
+    def predictions(self) -> tuple[Prediction, ...]:
+        return tuple(o for o in self.outputs if isinstance(o, Prediction))
 
 
 class Classifier:
@@ -68,11 +74,16 @@ class Classifier:
         settings: DecisionSettings | None = None,
         timebase: Timebase = Timebase.WALL,
         timer: StageTimer | None = None,
+        fresh_pose: bool = True,
     ) -> None:
+        """``fresh_pose``: a new pose graph for each clip (bit-for-bit ``trainer extract``'s
+        keypoints), or one graph restarted per clip (no 0.2-0.4 s stall per clip, which a live
+        kiosk cannot afford; see :meth:`device.pose.PoseEstimator.restart`)."""
         self._pose_options = pose
         self._timebase, self._timer = timebase, timer
         self._decisions: DecisionPipeline | None = None
         self._estimator: PoseEstimator | None = None
+        self._fresh_pose = fresh_pose
         self._clip: tuple[str, int, float] | None = None  # source, last frame number, last timestamp
         self._counter = itertools.count(1)
         self.last_person: np.ndarray | None = None
@@ -99,6 +110,13 @@ class Classifier:
     def model(self) -> LoadedModel | None:
         return self._decisions.model if self._decisions else None
 
+    def activity_state(self) -> dict | None:
+        """The person's activities now (the retained ``activity`` payload); None without any."""
+        decisions = self._decisions
+        if decisions is None or decisions.activities is None:
+            return None
+        return decisions.activities.state()
+
     def use_model(self, model: LoadedModel, settings: DecisionSettings | None = None) -> None:
         """Run ``model`` from the next frame on (one assignment: a running loop never sees half)."""
         self._decisions = DecisionPipeline(model, settings, self._timebase, self._timer)
@@ -107,61 +125,70 @@ class Classifier:
 
     def feed(
         self, frame_bgr: np.ndarray, timestamp_ms: float, frame_number: int | None = None
-    ) -> list[Prediction]:
+    ) -> list[Output]:
         """One camera image (BGR uint8, as OpenCV gives it) taken at ``timestamp_ms``.
 
         Timestamps are the source's (capture times, or a video's presentation times); a timestamp
-        earlier than the previous one starts a new clip. Returns the results this frame completed
-        (usually none or one).
+        earlier than the previous one starts a new clip. Returns what this frame completed: a
+        :class:`~device.prediction.Prediction` when a window ended, activity events when a
+        repetition, hold or set did (each has ``topic`` and ``payload()``).
         """
-        number = self._number(frame_number, timestamp_ms)
-        return list(self.process(Frame(frame_bgr, number, timestamp_ms, "feed")).predictions)
+        ended = self._if_time_went_back(timestamp_ms)
+        number = frame_number if frame_number is not None else next(self._counter)
+        return ended + list(self.process(Frame(frame_bgr, number, timestamp_ms, "feed")).outputs)
 
     def feed_keypoints(
         self, points: np.ndarray | None, timestamp_ms: float, frame_number: int | None = None
-    ) -> list[Prediction]:
+    ) -> list[Output]:
         """One frame's keypoints from your own pose source: ``(33, 5)`` BlazePose (x, y in pixels,
         z, visibility, presence), NaN for missing joints, None when nobody is in view."""
-        number = self._number(frame_number, timestamp_ms)
-        if self._new_clip("keypoints", number, timestamp_ms):
-            self.new_clip()
         if points is not None:
             points = np.asarray(points, dtype=np.float64)
             if points.shape != (33, 5):
                 raise ValueError(f"expected keypoints of shape (33, 5), got {points.shape}")
+        outputs = self._if_time_went_back(timestamp_ms)
+        number = frame_number if frame_number is not None else next(self._counter)
+        if self._new_clip("keypoints", number, timestamp_ms):
+            outputs += self.new_clip()
         self.last_person = points
-        prediction = self._decide(number, timestamp_ms, points, time.monotonic())
-        return [prediction] if prediction else []
+        return outputs + self._decide(number, timestamp_ms, points, time.monotonic())
 
     def process(self, frame: Frame) -> Step:
         """One :class:`~device.sources.Frame` through pose and the decision pipeline (the daemon's call)."""
-        if self._new_clip(frame.source, frame.frame_number, frame.timestamp_ms):
-            self.new_clip()
+        starts = self._new_clip(frame.source, frame.frame_number, frame.timestamp_ms)
+        ended = self.new_clip() if starts else []
         person = self.last_person = self._pose(frame)
-        prediction = self._decide(frame.frame_number, frame.timestamp_ms, person, frame.captured_at)
-        return Step(person, (prediction,) if prediction else ())
+        outputs = self._decide(frame.frame_number, frame.timestamp_ms, person, frame.captured_at)
+        return Step(person, (*ended, *outputs))
 
-    def classify_video(self, path: str | Path, fps: float | None = None) -> Iterator[Prediction]:
-        """Every result for one video file, as a kiosk processing ``fps`` frames/s would give them
-        (default: every frame). Raises :class:`~device.sources.SourceError` for an unreadable file."""
+    def classify_video(self, path: str | Path, fps: float | None = None) -> Iterator[Output]:
+        """Everything one video file gives, as a kiosk processing ``fps`` frames/s would (default:
+        every frame), ending with the events of sets still in progress when the video ends.
+        Raises :class:`~device.sources.SourceError` for an unreadable file."""
         with VideoFileSource(path) as source:
-            self.new_clip()
+            yield from self.new_clip()
             for frame in paced(source, fps):
-                yield from self.process(frame).predictions
+                yield from self.process(frame).outputs
+            yield from self.new_clip()
 
-    def new_clip(self) -> None:
-        """Forget the past: a fresh pose tracker, window and smoother for the next frame."""
+    def new_clip(self) -> list[ActivityEvent]:
+        """Forget the past: a fresh pose tracker, window, smoother and activities for the next
+        frame. Returns the ``end`` events of the sets the clip left in progress."""
         self._clip = None
         self._counter = itertools.count(1)
-        if self._estimator is not None:
+        if self._estimator is not None and self._fresh_pose:
             self._estimator.close()
             self._estimator = None
-        if self._decisions is not None:
-            self._decisions.reset()
+        elif self._estimator is not None:
+            self._estimator.restart()
+        return self._decisions.reset() if self._decisions is not None else []
 
     def close(self) -> None:
         """Release MediaPipe's graph; the classifier can be used again (it makes a new one)."""
         self.new_clip()
+        if self._estimator is not None:
+            self._estimator.close()
+            self._estimator = None
 
     def __enter__(self) -> Classifier:
         return self
@@ -171,10 +198,11 @@ class Classifier:
 
     # ------------------------------------------------------------------ the stages
 
-    def _number(self, frame_number: int | None, timestamp_ms: float) -> int:
+    def _if_time_went_back(self, timestamp_ms: float) -> list[Output]:
+        """A new clip when time went back (its frames count from 1 again); its end events."""
         if self._clip is not None and timestamp_ms < self._clip[2]:
-            self.new_clip()  # time went back: another clip, whose frames count from 1 again
-        return next(self._counter) if frame_number is None else frame_number
+            return list(self.new_clip())
+        return []
 
     def _new_clip(self, source: str, frame_number: int, timestamp_ms: float) -> bool:
         """Whether this frame starts a clip; remembers it as the latest frame either way."""
@@ -198,8 +226,8 @@ class Classifier:
 
     def _decide(
         self, frame_number: int, timestamp_ms: float, person: np.ndarray | None, captured_at: float
-    ) -> Prediction | None:
+    ) -> list[Output]:
         decisions = self._decisions
         if decisions is None:
-            return None
+            return []
         return decisions.push(frame_number, timestamp_ms, person, captured_at)

@@ -18,24 +18,26 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from device import __version__
+from device.activities import ActivityEvent
 from device.capture import Capture, open_source
 from device.classifier import Classifier
 from device.config import Config
-from device.decisions import DecisionSettings
+from device.decisions import DecisionSettings, Output
 from device.model.bundle import Smoothing
 from device.model.loaded import LoadedModel
 from device.model.store import Activation, ModelRejected, ModelStore
 from device.outbox import Outbox, OutboxError
 from device.pose import PoseModelError, PoseOptions, check_task_file, offline_task_path
+from device.prediction import Prediction
 from device.publisher import MqttPublisher
 from device.sources import Frame
-from device.status import LiveView, StatusBoard
+from device.status import LiveView, StatusBoard, counter_text
 from device.systemd import Notifier
 from device.web import WebServer, create_app
 
@@ -63,7 +65,10 @@ class Daemon:
         self.publisher: MqttPublisher | None = None
         self.web: WebServer | None = None
         self.store: ModelStore | None = None
-        self.classifier = Classifier(None, pose=_pose_options(config), timer=self.status.record_stage)
+        # one pose graph restarted per clip: building one per clip would stall every thread
+        self.classifier = Classifier(
+            None, pose=_pose_options(config), timer=self.status.record_stage, fresh_pose=False
+        )
         self._model_change = threading.Lock()
         self._stop = threading.Event()
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
@@ -276,10 +281,15 @@ class Daemon:
             self._pose_unusable(exc)
             return
         try:
+            clip_open = False  # frames of a clip arrived whose end was not yet told to activities
             while not self._stop.is_set():
                 frame = self.capture.slot.get(_FRAME_WAIT_S)
                 if frame is not None:
                     self._process(frame)
+                    clip_open = True
+                elif clip_open and self.capture.ended.is_set():  # the playlist ended: sets end too
+                    self._publish(self.classifier.new_clip())
+                    clip_open = False
         except PoseModelError as exc:
             self._pose_unusable(exc)
         finally:
@@ -291,46 +301,69 @@ class Daemon:
 
     def _process(self, frame: Frame) -> None:
         step = self.classifier.process(frame)  # a new clip restarts pose tracking, window, smoothing
-        self.status.count("frames_processed")
         if step.person is None:
             self.status.count("frames_without_person")
         self._presence(step.person is not None)
-        for prediction in step.predictions:
-            self._emit(prediction.payload())
-            self.status.add_prediction(prediction)
+        self._publish(step.outputs)
+        self.status.count("frames_processed")  # counted once its results are out
         previous = self.status.view
         latest = step.predictions[-1] if step.predictions else (previous.prediction if previous else None)
-        self.status.set_view(LiveView(frame.image, step.person, latest, frame.frame_number))
+        counter = counter_text(self.classifier.activity_state())
+        self.status.set_view(LiveView(frame.image, step.person, latest, frame.frame_number, counter))
 
-    def _emit(self, payload: dict) -> None:
-        """Store the classification durably, then let the publisher send it.
+    def _publish(self, outputs: Sequence[Output]) -> None:
+        """Every classification and activity event, in order: stored, then on the board and retained."""
+        for output in outputs:
+            seq = self._store(output)
+            if isinstance(output, Prediction):
+                self._classified(output, seq)
+            else:
+                self.status.add_event(output)
+        if any(isinstance(o, ActivityEvent) for o in outputs):
+            state = self.classifier.activity_state()
+            self.status.set_activity(state)
+            if self.publisher is not None and state is not None:
+                self.publisher.set_activity(state)
+
+    def _store(self, output: Output) -> int | None:
+        """Store one output durably for the publisher; its ``seq``, or None when it could not be.
 
         A failing outbox (disk full, a broken database) costs this one result, which is counted
         (``outbox_errors``; the outbox counts a full disk's losses as dropped too); the pipeline
         keeps classifying and the page keeps showing results. The error is logged when such a
         run of failures begins, not 20 times a second into a journal on the same full disk.
         """
-        self._last_prediction_payload = payload
         if self.outbox is None or self.publisher is None:
-            return
+            return None
         try:
-            seq = self.outbox.append(self.publisher.topic("classification"), payload)
+            seq = self.outbox.append(self.publisher.topic(output.topic), output.payload())
         except (OutboxError, ValueError) as exc:
             if not self._storing_fails:
-                log.error("classification not stored", extra={"reason": str(exc)})
+                log.error("result not stored", extra={"topic": output.topic, "reason": str(exc)})
             self._storing_fails = True
             self.status.count("outbox_errors")
-            return
+            return None
         if self._storing_fails:
-            log.info("classifications stored again", extra={"path": str(self.outbox.path)})
+            log.info("results stored again", extra={"path": str(self.outbox.path)})
             self._storing_fails = False
-        model = self.classifier.model
-        label_name = model.info.display_name(payload["label"]) if model else payload["label"]
-        self._last_prediction_payload = {"seq": seq, **payload, "label_name": label_name}
         self.publisher.notify()
-        self.publisher.set_state(
-            {**self._last_prediction_payload, "person_present": bool(self._person_present)}
-        )
+        return seq
+
+    def _classified(self, prediction: Prediction, seq: int | None) -> None:
+        """The board and the retained ``state`` follow the latest classification."""
+        self.status.add_prediction(prediction)
+        payload = prediction.payload()
+        model = self.classifier.model
+        label_name = model.info.display_name(prediction.label) if model else prediction.label
+        self._last_prediction_payload = {
+            **({"seq": seq} if seq is not None else {}),
+            **payload,
+            "label_name": label_name,
+        }
+        if seq is not None and self.publisher is not None:
+            self.publisher.set_state(
+                {**self._last_prediction_payload, "person_present": bool(self._person_present)}
+            )
 
     def _presence(self, present: bool) -> None:
         if present == self._person_present:

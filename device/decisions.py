@@ -1,8 +1,10 @@
-"""The decision pipeline: keypoints → window → features → model → smoothing → a published result.
+"""The decision pipeline: keypoints → window → features → model → smoothing → activities.
 
-One :class:`DecisionPipeline` per running model. The daemon, ``python -m device replay`` and the
-Python API (:mod:`device.classifier`) all push frames through this one class, so a kiosk, a
-replay of a video and an integrator's program make the same decisions from the same keypoints.
+One :class:`DecisionPipeline` per running model; what it produces are :data:`Output` objects —
+classifications and activity events — each with the ``topic`` it is published on. The daemon,
+``python -m device replay`` and the Python API (:mod:`device.classifier`) all push frames
+through this one class, so a kiosk, a replay of a video and an integrator's program make the
+same decisions from the same keypoints.
 
 Every timing is the source's: windows are spans of source time (:mod:`device.window`), smoothing
 spans are seconds of source time (:mod:`device.smoothing`). The wall clock appears only in what a
@@ -19,11 +21,15 @@ from enum import Enum
 
 import numpy as np
 
+from device.activities import ActivityEvent, ActivityStage
 from device.model.bundle import Smoothing
 from device.model.loaded import LoadedModel
 from device.prediction import Prediction
 from device.smoothing import Smoother
 from device.window import Window, windower
+
+Output = Prediction | ActivityEvent
+"""What the pipeline publishes: ``output.topic`` and ``output.payload()`` (the outbox adds seq)."""
 
 UNKNOWN = "unknown"
 """The label published when the chosen label's confidence is below the decision threshold."""
@@ -76,11 +82,23 @@ class DecisionPipeline:
         self.window = windower(model.window_spec, self.settings.no_person)
         self.timebase = timebase
         self._timer = timer
+        self.activities = self._activity_stage()
+        self._fresh_activities = False
 
-    def reset(self) -> None:
-        """A new clip (or person): windows and smoothing start afresh."""
+    def _activity_stage(self) -> ActivityStage | None:
+        manifest = self.model.manifest
+        if not manifest.activities:
+            return None
+        return ActivityStage(manifest.activities, manifest.labels, self.model.engine.names)
+
+    def reset(self) -> list[ActivityEvent]:
+        """A new clip (or person): sets in progress end (their events are returned), and windows,
+        smoothing and activities start afresh."""
+        ended = self.activities.finish() if self.activities is not None else []
         self.window.reset()
         self.smoother.reset()
+        self._fresh_activities = True  # on the next frame: until then the ended state stays on show
+        return ended
 
     def push(
         self,
@@ -88,17 +106,36 @@ class DecisionPipeline:
         timestamp_ms: float,
         points: np.ndarray | None,
         captured_at: float | None = None,
-    ) -> Prediction | None:
-        """One frame's keypoints (``(33, 5)``, None without a person); a result when a window ends."""
+    ) -> list[Output]:
+        """One frame's keypoints (``(33, 5)``, None without a person): a classification when a
+        window ends, and any activity events the frame completes."""
         captured_at = time.monotonic() if captured_at is None else captured_at
         window = self.window.push(frame_number, timestamp_ms, captured_at, points)
-        return None if window is None else self.decide(window)
+        prediction = features = None
+        if window is not None:
+            began = time.monotonic()
+            features = self.model.engine.compute(window.points)
+            row = self.model.row(features)
+            self._time("features", began)
+            prediction = self.decide(window, row)
+        outputs: list[Output] = [] if prediction is None else [prediction]
+        if self._fresh_activities:
+            self.activities, self._fresh_activities = self._activity_stage(), False
+        if self.activities is not None:
+            began = time.monotonic()
+            probabilities = None if prediction is None else np.array([p for _, p in prediction.probabilities])
+            latest = None if features is None else features[-1]  # the window's newest sample
+            outputs += self.activities.update(
+                timestamp_ms, points is not None, latest, probabilities, self._ts(timestamp_ms)
+            )
+            self._time("activities", began)
+        return outputs
 
-    def decide(self, window: Window) -> Prediction:
-        """Features, model, smoothing and threshold for one window."""
-        began = time.monotonic()
-        row = self.model.row(window)
-        self._time("features", began)
+    def _ts(self, timestamp_ms: float) -> float:
+        return time.time() if self.timebase is Timebase.WALL else timestamp_ms / 1000.0
+
+    def decide(self, window: Window, row: np.ndarray) -> Prediction:
+        """Model, smoothing and threshold for one window's input ``row``."""
         began = time.monotonic()
         raw = self.model.probabilities(row)
         end_ms = float(window.timestamps_ms[-1])
@@ -109,7 +146,7 @@ class DecisionPipeline:
         info = self.model.info
         live = self.timebase is Timebase.WALL
         return Prediction(
-            ts=time.time() if live else end_ms / 1000.0,
+            ts=self._ts(end_ms),
             label=label,
             confidence=decision.confidence,
             probabilities=tuple(zip(labels, map(float, decision.probabilities), strict=True)),

@@ -486,3 +486,81 @@ def read_body25_table(path: str | Path) -> Body25Table:
     body25[missing] = np.nan
     labels = np.array([row[0] for row in rows], dtype=object)
     return Body25Table(labels=labels, points=body25_to_blazepose(body25))
+
+
+# --------------------------------------------------------------------------- BlazePose landmark tables
+
+BLAZEPOSE_TABLE_COLUMNS: tuple[str, ...] = (
+    "name",
+    "label",
+    *(f"{axis}{i}" for i in range(len(JOINTS)) for axis in ("x", "y", "z")),
+)
+"""A BlazePose landmark table's columns (it has no header): image name, label, then x, y, z of the
+33 joints in MediaPipe's order, as ML Kit's pose classification samples write them."""
+
+
+@dataclass(frozen=True)
+class BlazePoseTable:
+    """A labeled table of single poses, BlazePose landmarks already in the 33-joint layout."""
+
+    labels: np.ndarray
+    points: np.ndarray
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, cells)`` of each non-blank line of a CSV file (``.gz`` read through gzip).
+
+    Read lazily, so a failure deep in a large or corrupt file still becomes one
+    :class:`KeypointFileError` naming the file (and the line, where csv knows it).
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            try:
+                for row in reader:
+                    if row:
+                        yield reader.line_num, row
+            except csv.Error as exc:  # a field over csv's size limit, for one
+                raise KeypointFileError(f"{path}:{reader.line_num}: not a readable CSV line ({exc})") from exc
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+        raise KeypointFileError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
+
+
+def _coordinate(cell: str, column: str, where: str) -> float:
+    """One coordinate cell as a finite float; anything else is an error naming the line and column."""
+    try:
+        value = float(cell)
+    except ValueError:
+        raise KeypointFileError(f"{where}: {column} is not a number ({cell!r:.40})") from None
+    if not math.isfinite(value):
+        raise KeypointFileError(f"{where}: {column} is not a finite number ({cell!r:.40})")
+    return value
+
+
+def read_blazepose_table(path: str | Path) -> BlazePoseTable:
+    """Import a BlazePose landmark table such as ML Kit's ``fitness_pose_samples.csv``.
+
+    No header; each row is ``name, label, x0, y0, z0 … x32, y32, z32`` (see
+    :data:`BLAZEPOSE_TABLE_COLUMNS`): pixels of the source image, y down, z on x's scale, which is
+    this module's layout already, so the values are taken as they are. Image sizes may differ from
+    row to row; the features are size-independent. The table has no visibility or presence, so
+    both are 1: every joint counts as seen, since the table gives no way to say otherwise. A malformed
+    row is an error naming the file and line; a ``.gz`` file is read through gzip.
+    """
+    path = Path(path)
+    layout = f"{len(BLAZEPOSE_TABLE_COLUMNS)} columns (name, label, x0, y0, z0 … x32, y32, z32)"
+    coordinates = BLAZEPOSE_TABLE_COLUMNS[2:]
+    labels: list[str] = []
+    values: list[list[float]] = []
+    for line, row in _csv_rows(path):
+        where = f"{path}:{line}"
+        if len(row) != len(BLAZEPOSE_TABLE_COLUMNS):
+            raise KeypointFileError(f"{where}: expected {layout}, got {len(row)}")
+        labels.append(row[1].strip())
+        values.append([_coordinate(c, name, where) for c, name in zip(row[2:], coordinates, strict=True)])
+    if not labels:
+        raise KeypointFileError(f"{path}: no poses; expected rows of {layout}")
+    points = np.ones((len(labels), len(JOINTS), len(CHANNELS)))  # visibility and presence 1
+    points[..., : Z + 1] = np.array(values).reshape(len(labels), len(JOINTS), 3)
+    return BlazePoseTable(labels=np.array(labels, dtype=object), points=points)

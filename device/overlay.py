@@ -122,7 +122,8 @@ def _draw_skeleton(canvas: np.ndarray, points: np.ndarray, scale: float, thickne
 
 
 def _draw_banner(canvas: np.ndarray, view: LiveView) -> None:
-    """A darkened strip across the top with the label, the confidence and a confidence bar.
+    """A darkened strip across the top with the activity's count, the label, the confidence and a
+    confidence bar.
 
     OpenCV's Hershey fonts cover ASCII only; the page shows the label in full beside the image.
     """
@@ -136,6 +137,8 @@ def _draw_banner(canvas: np.ndarray, view: LiveView) -> None:
         text, confidence = f"{prediction.label}  {prediction.confidence:.0%}", prediction.confidence
     if view.points is None:
         text += "  (no person)"
+    if view.counter:
+        text = f"{view.counter}  |  {text}"
     margin = max(6, banner // 5)
     font_scale = banner / 50
     (text_width, text_height), _ = cv2.getTextSize(text, _FONT, font_scale, 1)

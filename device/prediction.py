@@ -26,6 +26,8 @@ class Prediction:
     model_version: str
     latency_ms: float  # from the window's last frame being captured to this result
 
+    topic = "classification"
+
     def payload(self) -> dict[str, Any]:
         return {
             "ts": round(self.ts, 3),

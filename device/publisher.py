@@ -2,9 +2,9 @@
 
 This is the only module that imports paho (paho-mqtt 2.x, callback API version 2). Topics are
 ``<prefix>/<device_id>/...`` as DESIGN.md §5 lists them: ``availability`` (retained: ``online`` on
-every connect, ``offline`` as the last will, ``stopped`` on a clean stop), ``classification`` (QoS 1
-from the outbox), ``state`` and ``model/state`` (retained), ``stats`` (QoS 0, periodic), plus one
-retained Home Assistant device-discovery message.
+every connect, ``offline`` as the last will, ``stopped`` on a clean stop), ``classification`` and
+``events`` (QoS 1 from the outbox), ``state``, ``model/state`` and ``activity`` (retained),
+``stats`` (QoS 0, periodic), plus one retained Home Assistant device-discovery message.
 
 Two threads, and why:
 
@@ -91,6 +91,10 @@ class Topics:
     def model_state(self) -> str:
         return self("model/state")
 
+    @property
+    def activity(self) -> str:
+        return self("activity")
+
 
 def discovery_payload(topics: Topics, device_id: str) -> dict[str, Any]:
     """Home Assistant device-based discovery: the device, and sensors fed by the retained ``state``.
@@ -138,6 +142,33 @@ def discovery_payload(topics: Topics, device_id: str) -> dict[str, Any]:
                 "unique_id": f"{uid}_person",
                 "device_class": "occupancy",
                 "value_template": "{{ 'ON' if value_json.person_present else 'OFF' }}",
+            },
+            # fed by the retained ``activity`` topic (its own state_topic)
+            f"{uid}_activity": {
+                "p": "sensor",
+                "name": "Activity",
+                "unique_id": f"{uid}_activity",
+                "icon": "mdi:weight-lifter",
+                "state_topic": topics.activity,
+                "value_template": "{{ value_json.current or 'none' }}",
+            },
+            f"{uid}_reps": {
+                "p": "sensor",
+                "name": "Repetitions",
+                "unique_id": f"{uid}_reps",
+                "icon": "mdi:counter",
+                "state_class": "measurement",
+                "state_topic": topics.activity,
+                "value_template": "{{ value_json.activities[value_json.current].reps "
+                "if value_json.current else 0 }}",
+            },
+            f"{uid}_range": {
+                "p": "sensor",
+                "name": "Last repetition's range of motion",
+                "unique_id": f"{uid}_range",
+                "unit_of_measurement": "°",
+                "state_topic": topics.activity,
+                "value_template": "{{ value_json.last_range }}",
             },
         },
     }
@@ -287,7 +318,7 @@ class MqttPublisher:
         self._clock = clock
         self._link = _Link()
         self._inflight = _InFlight(IN_FLIGHT)
-        self._retained = _Retained((self.topics.model_state, self.topics.state))
+        self._retained = _Retained((self.topics.model_state, self.topics.state, self.topics.activity))
         self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()  # PUBACKed mids, from paho's thread
         self._generation = 0  # the link generation the worker last acted on
         self._wake = threading.Event()
@@ -375,6 +406,11 @@ class MqttPublisher:
     def set_model_state(self, payload: Mapping[str, Any]) -> None:
         """The retained ``model/state``: id, version, sha256, status; sent now if connected."""
         self._retained.set(self.topics.model_state, _json(payload))
+        self._wake.set()
+
+    def set_activity(self, payload: Mapping[str, Any]) -> None:
+        """The retained ``activity``: the person's current activity, set, repetitions, hold time."""
+        self._retained.set(self.topics.activity, _json(payload))
         self._wake.set()
 
     # ------------------------------------------------------------------ paho's thread

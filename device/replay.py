@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import IO
 import cv2
 import numpy as np
 
+from device.activities import ActivityEvent
 from device.annotations import (
     AnnotationError,
     LabelMapping,
@@ -40,12 +41,14 @@ from device.annotations import (
 )
 from device.classifier import Classifier
 from device.cli import ExitStatus, UsageError
+from device.counting import AnnotatedRep, RepAnnotationError, count_rows, read_rep_annotations, summary
+from device.decisions import Output
 from device.model.store import ModelRejected
 from device.overlay import draw_view
 from device.prediction import Prediction
 from device.scoring import Score, published_per_frame, score
 from device.sources import SourceError, VideoFileSource, paced
-from device.status import LiveView
+from device.status import LiveView, counter_text
 
 HELP = """\
 Run a signed model bundle on video files exactly as a kiosk would, and write what the kiosk would
@@ -66,6 +69,11 @@ Examples:
       --video-out squats.replay.mp4
   python -m device replay example_video.webm --bundle steps.zip --trusted-key signing.pub \\
       --annotations annotations/ --labels labels.toml
+  python -m device replay squats.mp4 --bundle fitness.zip --trusted-key signing.pub --reps reps.csv
+
+--reps scores the counting against annotated repetitions (CSV video,start_frame,end_frame,activity):
+per video and activity the count and its error, then the mean absolute error relative to the
+annotated count, the share within one (off-by-one accuracy) and the timing error of matched reps.
 """
 
 VIDEO_SUFFIX = ".replay.mp4"
@@ -73,11 +81,27 @@ VIDEO_SUFFIX = ".replay.mp4"
 
 @dataclass
 class Replayed:
-    """One video's results and the frame numbers it had (for scoring)."""
+    """One video's results, its activity events and the frame numbers it had (for scoring)."""
 
     video: Path
     predictions: list[Prediction] = field(default_factory=list)
+    events: list[ActivityEvent] = field(default_factory=list)
     frame_numbers: list[int] = field(default_factory=list)
+    frame_times_s: dict[int, float] = field(default_factory=dict)  # frame number -> source seconds
+
+
+class _Lines:
+    """The JSON lines, numbered as one kiosk's outbox numbers everything it publishes."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out, self.seq = out, 0
+
+    def write(self, source: str, outputs: Iterable[Output], into: Replayed) -> None:
+        for output in outputs:
+            self.seq += 1
+            line = {"source": source, "topic": output.topic, "payload": {"seq": self.seq, **output.payload()}}
+            self._out.write(json.dumps(line, sort_keys=True) + "\n")
+            (into.predictions if isinstance(output, Prediction) else into.events).append(output)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels", type=Path, metavar="MAP.toml", help="label mapping for --annotations ([columns] table)"
     )
+    parser.add_argument(
+        "--reps",
+        type=Path,
+        metavar="FILE.csv",
+        help="annotated repetitions (video,start_frame,end_frame,activity) to score the counting",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -113,14 +143,14 @@ def run(args: argparse.Namespace) -> int:
     _check_options(args)
     classifier = Classifier.open(args.bundle, args.trusted_key)  # source time: the same on every run
     truth = _annotated_labels(args, classifier) if args.annotations else None
+    reps = read_rep_annotations(args.reps) if args.reps else None
     replayed: list[Replayed] = []
     failed: list[str] = []
     with _output(args.out) as out:
+        lines = _Lines(out)
         for video in args.videos:
             try:
-                result = _replay(
-                    classifier, video, args, out, seq_from=sum(len(r.predictions) for r in replayed)
-                )
+                result = _replay(classifier, video, args, lines)
             except SourceError as exc:
                 failed.append(str(exc))
                 print(f"device replay: {exc}", file=sys.stderr)
@@ -128,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
             replayed.append(result)
     classifier.close()
     _summarize(replayed, truth)
+    if reps is not None:
+        _summarize_counting(replayed, reps)
     if failed:
         print(f"device replay: {len(failed)} of {len(args.videos)} videos failed", file=sys.stderr)
         return ExitStatus.FAILED
@@ -176,26 +208,22 @@ def _annotated_labels(args: argparse.Namespace, classifier: Classifier) -> dict[
     return {stems[stem]: [r for r in ranges if r.column == target] for stem, ranges in matched.ranges.items()}
 
 
-def _replay(
-    classifier: Classifier, video: Path, args: argparse.Namespace, out: IO[str], seq_from: int
-) -> Replayed:
+def _replay(classifier: Classifier, video: Path, args: argparse.Namespace, lines: _Lines) -> Replayed:
     result = Replayed(video)
     with VideoFileSource(video) as source, _rendering(video, source, args) as render:
-        classifier.new_clip()
+        lines.write(video.name, classifier.new_clip(), result)
         latest: Prediction | None = None
         for frame in _progress(paced(source, args.fps), source, video, args):
             step = classifier.process(frame)
             result.frame_numbers.append(frame.frame_number)
-            for prediction in step.predictions:
-                result.predictions.append(prediction)
-                payload = {"seq": seq_from + len(result.predictions), **prediction.payload()}
-                line = {"source": video.name, "topic": "classification", "payload": payload}
-                out.write(json.dumps(line, sort_keys=True) + "\n")
-                latest = prediction
+            result.frame_times_s[frame.frame_number] = frame.timestamp_ms / 1000.0
+            lines.write(video.name, step.outputs, result)
+            latest = step.predictions[-1] if step.predictions else latest
             if render is not None:
-                render.write(
-                    draw_view(LiveView(frame.image, step.person, latest, frame.frame_number), 1 << 16)
-                )
+                counter = counter_text(classifier.activity_state())
+                view = LiveView(frame.image, step.person, latest, frame.frame_number, counter)
+                render.write(draw_view(view, 1 << 16))
+        lines.write(video.name, classifier.new_clip(), result)  # sets in progress end with the video
     return result
 
 
@@ -259,6 +287,8 @@ def _summarize(replayed: Sequence[Replayed], truth: dict[Path, list] | None) -> 
         )
         for label, seconds in _time_per_label(predictions).items():
             print(f"  {label:<24} {seconds:8.1f} s", file=sys.stderr)
+        for line in _activity_summary(result.events):
+            print(f"  {line}", file=sys.stderr)
         if truth is not None:
             print(
                 f"  score: {_describe(score(*_score_video(result, truth.get(result.video, []))))}",
@@ -268,6 +298,40 @@ def _summarize(replayed: Sequence[Replayed], truth: dict[Path, list] | None) -> 
         parts = [_score_video(r, truth.get(r.video, [])) for r in replayed]
         combined = score(np.concatenate([t for t, _ in parts]), np.concatenate([p for _, p in parts]))
         print(f"all videos: {_describe(combined)}", file=sys.stderr)
+
+
+def _summarize_counting(replayed: Sequence[Replayed], reps: dict[str, list[AnnotatedRep]]) -> None:
+    """Counted against annotated repetitions, per video and activity, then RepCount's numbers."""
+    rows = [
+        row
+        for result in replayed
+        for row in count_rows(
+            result.video.name, reps.get(result.video.stem, []), result.events, result.frame_times_s
+        )
+    ]
+    for row in rows:
+        print(
+            f"counting {row.video} {row.activity}: {row.annotated} annotated, {row.counted} counted "
+            f"(error {row.error:+d})",
+            file=sys.stderr,
+        )
+    print(f"counting: {summary(rows)}", file=sys.stderr)
+
+
+def _activity_summary(events: Sequence[ActivityEvent]) -> list[str]:
+    """Per activity: repetitions and sets (or hold time), and repetitions left incomplete."""
+    lines = []
+    for name in dict.fromkeys(e.activity for e in events):
+        mine = [e for e in events if e.activity == name]
+        reps = sum(e.type == "rep" for e in mine)
+        sets = sum(e.type == "end" for e in mine)
+        held = sum(e.duration_s or 0.0 for e in mine if e.type == "hold")
+        incomplete = sum(bool(e.incomplete) for e in mine if e.type == "end")
+        counted = f"{held:.1f} s held" if any(e.type == "hold" for e in mine) else f"{reps} repetitions"
+        lines.append(
+            f"{name}: {counted} in {sets} sets" + (f", {incomplete} left incomplete" if incomplete else "")
+        )
+    return lines
 
 
 def _time_per_label(predictions: Sequence[Prediction]) -> dict[str, float]:
@@ -307,4 +371,4 @@ def _describe(result: Score) -> str:
     )
 
 
-USER_ERRORS = (ModelRejected, AnnotationError)
+USER_ERRORS = (ModelRejected, AnnotationError, RepAnnotationError)

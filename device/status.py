@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from device.activities import ActivityEvent
 from device.prediction import Prediction
 
-STAGES: tuple[str, ...] = ("capture", "pose", "features", "classify", "publish")
+STAGES: tuple[str, ...] = ("capture", "pose", "features", "classify", "activities", "publish")
 _TIMING_SAMPLES = 600  # per stage: enough for stable percentiles, bounded memory
 _RECENT = 20
 
@@ -52,6 +53,18 @@ class LiveView:
     points: np.ndarray | None  # (33, 5) or None without a person
     prediction: Prediction | None
     frame_number: int
+    counter: str | None = None  # the current activity's count, e.g. "squat 2", when there is one
+
+
+def counter_text(state: dict[str, Any] | None) -> str | None:
+    """``"squat 2"`` (repetitions of the set) or ``"plank 12 s"`` for the current activity."""
+    if not state or not state.get("current"):
+        return None
+    name = state["current"]
+    progress = state["activities"][name]
+    if progress["kind"] == "hold":
+        return f"{name} {progress['hold_s']:.0f} s"
+    return f"{name} {progress['reps']}"
 
 
 class _StageTimes:
@@ -105,8 +118,11 @@ class StatusBoard:
             "source_reopens": 0,
             "files_skipped": 0,  # playlist files that could not be played on a pass
             "frames_undecodable": 0,  # frames a video's header promised that never decoded
-            "outbox_errors": 0,  # classifications the outbox could not store
+            "outbox_errors": 0,  # classifications and events the outbox could not store
+            "activity_events": 0,
         }
+        self._activity: dict[str, Any] | None = None  # the retained ``activity`` state
+        self._activity_counts: dict[tuple[str, str], int] = {}  # (activity, event type) -> count
         self._camera: dict[str, Any] = {"state": "starting", "source": "", "detail": ""}
         self._model: ModelInfo | None = None
         self._mqtt: dict[str, Any] = {"enabled": False, "connected": False, "broker": "", "detail": ""}
@@ -174,6 +190,22 @@ class StatusBoard:
             self._latency.append(prediction.latency_ms)
             self._counters["classifications"] += 1
 
+    def add_event(self, event: ActivityEvent) -> None:
+        """An activity event was published (``/metrics`` counts them per activity and type)."""
+        with self._lock:
+            self._counters["activity_events"] += 1
+            key = (event.activity, event.type)
+            self._activity_counts[key] = self._activity_counts.get(key, 0) + 1
+
+    def set_activity(self, state: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._changes += 1
+            self._activity = state
+
+    def activity_counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._activity_counts)
+
     def set_view(self, view: LiveView) -> None:
         with self._lock:
             self._view = view
@@ -234,6 +266,7 @@ class StatusBoard:
                 "mqtt": dict(self._mqtt),
                 "outbox": dict(self._outbox),
                 "frames_flowing": self._last_frame_at is not None and now - self._last_frame_at <= 5.0,
+                "activity": self._activity,
             }
         return {
             **state,

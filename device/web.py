@@ -79,7 +79,8 @@ _COUNTER_HELP = {
     "source_reopens": "Times the frame source was reopened after a failure",
     "files_skipped": "Playlist files skipped because they could not be played",
     "frames_undecodable": "Frames a video's header announced that did not decode",
-    "outbox_errors": "Classifications the outbox could not store",
+    "outbox_errors": "Classifications and activity events the outbox could not store",
+    "activity_events": "Activity events published (start, rep, hold, end)",
 }
 _TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"})
 _SECURITY_HEADERS = {
@@ -213,6 +214,14 @@ class _StatusCollector:
         for name, value in snap["counters"].items():
             help_text = _COUNTER_HELP.get(name, f"Status counter {name}")
             yield CounterMetricFamily(f"movement_edge_{name}", help_text, value=value)
+        events = CounterMetricFamily(
+            "movement_edge_activity_events",
+            "Activity events per activity and type: reps counts repetitions, end counts sets",
+            labels=["activity", "type"],
+        )
+        for (activity, kind), value in sorted(self._status.activity_counts().items()):
+            events.add_metric([activity, kind], value)
+        yield events
         yield CounterMetricFamily(
             "movement_edge_outbox_dropped",
             "Results dropped because the outbox was full",

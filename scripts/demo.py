@@ -1,7 +1,9 @@
 """``make demo``: the whole system on this machine, from sample data to live MQTT messages.
 
-1. trains a pose classifier from the BODY-25 table in ``demo/data`` with the trainer (reused when
-   the data and code have not changed), signs it with a demo key and checks the bundle;
+1. trains a model from a table in ``demo/data`` with the trainer (reused when the data and code
+   have not changed), signs it with a demo key and checks the bundle: by default (``--model
+   fitness``) the squat/push-up key poses with their rep counters, or (``--model poses``) the
+   20-pose classifier of the BODY-25 table;
 2. starts a local mosquitto broker on a free loopback port;
 3. runs the daemon on the bundled sample videos in a loop, status page on http://127.0.0.1:8080;
 4. prints the page's URL and a ``mosquitto_sub`` command that shows the live messages.
@@ -11,6 +13,8 @@ Ctrl-C stops everything. All state goes to ``.demo/`` in the repository (safe to
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import os
 import shutil
@@ -19,12 +23,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the packages live beside it
 
-from trainer.recipes import pose_bundle  # noqa: E402
+from trainer.recipes import FITNESS_ACTIVITIES, PoseBundle, fitness_bundle, pose_bundle  # noqa: E402
 
 DATA = REPO / "demo" / "data"
 STATE = REPO / ".demo"
@@ -36,26 +42,59 @@ def step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
-def fingerprint() -> str:
-    """The demo model depends on the data and on the trainer and feature code."""
+@dataclass(frozen=True)
+class DemoModel:
+    """A model the demo can train: its table, what it is, its trainer recipe and the files it reads."""
+
+    table: Path
+    about: str
+    recipe: Callable[[Path, Path], PoseBundle]  # (table, work folder) -> the signed bundle
+    inputs: tuple[Path, ...] = ()  # read by the recipe besides the table and the code
+
+
+MODELS: dict[str, DemoModel] = {
+    "fitness": DemoModel(
+        DATA / "fitness_pose_samples.csv.gz",
+        "squat and push-up key poses, BlazePose, counting reps",
+        fitness_bundle,
+        (FITNESS_ACTIVITIES,),
+    ),
+    "poses": DemoModel(
+        DATA / "BodyPose_Dataset.csv.gz",
+        "20 poses, BODY-25",
+        functools.partial(pose_bundle, extra_export=("--smoothing", "mean:0.5"), cv=5),
+    ),
+}
+
+
+def fingerprint(model: DemoModel) -> str:
+    """A demo model depends on its data, the files its recipe reads, and the trainer, keypoint
+    and feature code."""
     digest = hashlib.sha256()
-    for path in [DATA / "BodyPose_Dataset.csv.gz", *sorted((REPO / "trainer").glob("*.py"))]:
+    code = [
+        *sorted((REPO / "trainer").glob("*.py")),
+        REPO / "device" / "keypoints.py",
+        REPO / "device" / "features.py",
+    ]
+    for path in [model.table, *model.inputs, *code]:
         digest.update(path.read_bytes())
-    digest.update((REPO / "device" / "features.py").read_bytes())
     return digest.hexdigest()[:16]
 
 
-def demo_model() -> tuple[Path, Path]:
-    """Train, sign and verify the demo model, or reuse the one built from the same inputs."""
-    bundle, stamp = STATE / "model.zip", STATE / "model.fingerprint"
-    if bundle.exists() and stamp.exists() and stamp.read_text() == fingerprint():
+def demo_model(name: str) -> tuple[Path, Path]:
+    """Train, sign and verify the demo model, or reuse the one built from the same inputs.
+
+    Each model has its own folder in ``.demo/``, so switching between them retrains neither.
+    """
+    model, work = MODELS[name], STATE / name
+    bundle, stamp = work / "model.zip", work / "model.fingerprint"
+    if bundle.exists() and stamp.exists() and stamp.read_text() == fingerprint(model):
         step(f"reusing the demo model {bundle.relative_to(REPO)} (delete .demo/ to retrain)")
-        return bundle, STATE / "keys" / "signing.pub"
-    step("training the demo model from demo/data/BodyPose_Dataset.csv.gz (20 poses, BODY-25)")
-    made = pose_bundle(
-        DATA / "BodyPose_Dataset.csv.gz", STATE, extra_export=("--smoothing", "mean:0.5"), cv=5
-    )
-    stamp.write_text(fingerprint())
+        return bundle, work / "keys" / "signing.pub"
+    step(f"training the demo model from {model.table.relative_to(REPO)} ({model.about})")
+    work.mkdir(exist_ok=True)
+    made = model.recipe(model.table, work)
+    stamp.write_text(fingerprint(model))
     return made.bundle, made.public_key
 
 
@@ -122,10 +161,17 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the demo like Ctrl-C: daemon first, then the broker
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="The whole system here: a demo model, a local broker, the daemon on sample videos."
+    )
+    parser.add_argument(
+        "--model", choices=list(MODELS), default="fitness", help="the model to run (default fitness)"
+    )
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     STATE.mkdir(exist_ok=True)
-    bundle, public_key = demo_model()
+    bundle, public_key = demo_model(args.model)
     step("starting a local MQTT broker")
     broker, mqtt_port = start_broker()
     config = write_config(bundle, public_key, mqtt_port)

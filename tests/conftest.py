@@ -15,7 +15,7 @@ from device.config import Config
 from device.daemon import Daemon, build
 from device.keypoints import JOINT_INDEX, empty_points
 from device.pose import offline_task_path
-from trainer.recipes import PoseBundle, pose_bundle, step_bundle
+from trainer.recipes import PoseBundle, fitness_bundle, pose_bundle, step_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -61,6 +61,19 @@ def pose_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pose
     # scikit-learn (skops) on the device here; the fleet tests push a TFLite 2.0.0 over it
     table = data_dir / "keypoints" / "BodyPose_Dataset.csv"
     return pose_bundle(table, work, version="1.0.0", extra_export=("--runtime", "sklearn"))
+
+
+@pytest.fixture(scope="session")
+def squats(data_dir: Path) -> Path:
+    """squats.mp4: three squats, 65 frames at 5 frames/s; the clip ends as she rises from the third."""
+    return data_dir / "videos" / "squats.mp4"
+
+
+@pytest.fixture(scope="session")
+def fitness_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> PoseBundle:
+    """The squat/push-up key-pose model of ML Kit's samples, with the squat and push-up activities."""
+    work = tmp_path_factory.mktemp("fitness-model")
+    return fitness_bundle(data_dir / "keypoints" / "fitness_pose_samples.csv", work, version="1.0.0")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHES = ["features", "dataset", "train", "device", "memory", "load", "replay"]
+BENCHES = ["features", "dataset", "train", "device", "memory", "load", "replay", "activities"]
 
 
 def benchmarks(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -87,6 +87,7 @@ def sklearn_manifest(pipeline: Any, rows: np.ndarray, columns: tuple[str, ...]) 
             "no_person": "skip",
         },
         "label_names": {},
+        "activities": {},
         "metrics": {"macro_f1": 0.9, "accuracy": 0.9, "balanced_accuracy": 0.9},
         "dataset_fingerprint": "sha256:" + "0" * 64,
         "min_device_version": "0.1.0",

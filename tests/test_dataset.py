@@ -640,3 +640,105 @@ def test_a_body25_table_gives_one_row_per_pose(
     assert (meta["window"], meta["label_columns"], meta["sources"]) == (None, ["label"], ["BodyPose_Dataset"])
     assert meta["frames"] == meta["rows"] == 10_681
     assert sum(line.startswith("label ") for line in stdout.splitlines()) == 20
+
+
+# --------------------------------------------------------------------------- BlazePose tables
+
+
+def _blazepose(data_dir: Path) -> list[str]:
+    return ["--blazepose", str(data_dir / "keypoints" / "fitness_pose_samples.csv")]
+
+
+def test_a_blazepose_table_gives_one_row_per_pose_with_the_kiosks_features(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "poses.parquet"
+    status, stdout, err = cli(capsys, *_blazepose(data_dir), "--out", out)
+    assert status == 0, err
+    frame, meta = pd.read_parquet(out), meta_of(out)
+    assert len(frame) == 812
+    assert frame["label"].value_counts().to_dict() == {
+        "squats_down": 225,
+        "pushups_up": 201,
+        "pushups_down": 195,
+        "squats_up": 191,
+    }
+    assert frame["video_id"].iloc[0] == "fitness_pose_samples:1"
+    assert frame["video_id"].iloc[-1] == "fitness_pose_samples:812"
+    assert (frame["first_frame"] == np.arange(1, 813)).all() and (
+        frame["first_frame"] == frame["last_frame"]
+    ).all()
+    # the spec a kiosk computes by default, every joint included: the model runs on its keypoints
+    spec = FeatureSpec.from_groups(DEFAULT_GROUPS)
+    assert meta["feature_spec"] == spec.to_dict()
+    assert meta["feature_columns"] == list(FeatureEngine(spec).names) == list(frame.columns[4:])
+    assert "joint.left_pinky.x_norm" in frame.columns and not frame[frame.columns[4:]].isna().any().any()
+    assert (meta["window"], meta["label_columns"], meta["sources"]) == (
+        None,
+        ["label"],
+        ["fitness_pose_samples"],
+    )
+    assert meta["frames"] == meta["rows"] == 812
+    assert sum(line.startswith("label ") for line in stdout.splitlines()) == 4
+
+    demo = tmp_path / "demo.parquet"  # the gzipped copy in demo/data: the same rows, the same ids
+    status, _, err = cli(
+        capsys, "--blazepose", REPO / "demo" / "data" / "fitness_pose_samples.csv.gz", "--out", demo
+    )
+    assert status == 0, err
+    pd.testing.assert_frame_equal(pd.read_parquet(demo), frame)
+
+
+def test_a_blazepose_table_takes_feature_groups_and_z(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "angles.csv"
+    frame = build(capsys, out, *_blazepose(data_dir), "--features", "angles", "--z")
+    assert list(frame.columns[4:]) == list(FeatureEngine(FeatureSpec.from_groups(["angles"], z=True)).names)
+    assert meta_of(out)["feature_spec"]["z"] is True
+
+
+LANDMARKS = "a.png,squats_up," + ",".join(["1.5"] * 99) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("table", "options", "message"),
+    [
+        (LANDMARKS + "b.png,squats_up,1.5,2.5\n", [], "{table}:2: expected 101 columns (name, label, x0"),
+        (LANDMARKS.replace(",1.5\n", ",oops\n"), [], "{table}:1: z32 is not a number ('oops')"),
+        ("", [], "{table}: no poses; expected rows of 101 columns"),
+        (None, [], "{table}: cannot read (No such file or directory)"),
+        (
+            LANDMARKS,
+            ["--strategy", "window", "--window", "4", "--window-label", "label"],
+            "holds single poses",
+        ),
+        (
+            LANDMARKS,
+            ["--label", "Squat=pose"],
+            "--labels/--label: a BlazePose table has its labels in column",
+        ),
+        (LANDMARKS, ["--annotations", "x"], "--annotations: a BlazePose table carries its labels"),
+    ],
+    ids=[
+        "wrong column count",
+        "not a number",
+        "empty file",
+        "missing file",
+        "a window strategy",
+        "a label mapping",
+        "annotations",
+    ],
+)
+def test_bad_blazepose_tables_and_options_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str | None, options: list[str], message: str
+) -> None:
+    path, out = tmp_path / "poses.csv", tmp_path / "out"
+    out.mkdir()
+    if table is not None:
+        path.write_text(table)
+    status, stdout, err = cli(capsys, "--blazepose", path, *options, "--out", out / "d.csv")
+    assert status == 2 and stdout == ""
+    assert len(err.splitlines()) == 1 and err.startswith("trainer dataset: error: "), err
+    assert message.format(table=path) in err
+    assert os.listdir(out) == []

@@ -31,7 +31,6 @@ import numpy as np
 import pytest
 from broker import Mosquitto, Subscriber, free_port
 from conftest import REPO, PoseBundle, eventually
-from model_bundles import versions_of
 from test_daemon import TOPIC, _write_toml, device_config, http_get
 
 from device.config import Config, parse_config
@@ -39,6 +38,14 @@ from device.daemon import Daemon
 from device.sources import VideoFileSource
 
 CLASSIFICATION = f"{TOPIC}/classification"
+EVENTS = f"{TOPIC}/events"
+KNEE_BENDS = """\
+[activity.knee_bend]
+kind = "angle"
+feature = "angle.left_knee"
+low = 100.0
+high = 160.0
+"""
 STATS = f"{TOPIC}/stats"
 OUTAGE_S = 30.0  # how long the broker stays down, each time (the issue's figure)
 TOKEN = "faults-token"
@@ -57,20 +64,16 @@ def report(capsys: pytest.CaptureFixture[str]) -> Callable[..., None]:
     return emit
 
 
-@pytest.fixture
-def squats(data_dir: Path) -> Path:
-    return data_dir / "videos" / "squats.mp4"
-
-
 @dataclass(frozen=True)
 class Delivery:
-    """What a subscriber received on ``classification``, judged the way a dashboard would."""
+    """What a subscriber received on one topic (``classification`` by default), judged the way a
+    dashboard would; the outbox numbers every topic it carries in one sequence."""
 
     arrived: list[int]  # seq of every message in arrival order, duplicates included
 
     @classmethod
-    def of(cls, sub: Subscriber) -> Delivery:
-        return cls([message.json()["seq"] for message in sub.messages(CLASSIFICATION)])
+    def of(cls, sub: Subscriber, topic: str = CLASSIFICATION) -> Delivery:
+        return cls([message.json()["seq"] for message in sub.messages(topic)])
 
     @property
     def unique(self) -> list[int]:
@@ -263,12 +266,19 @@ def test_sigkill_with_a_backlog_loses_nothing_committed_and_keeps_the_active_mod
     children: Callable[[Path], subprocess.Popen],
     report: Callable[..., None],
 ) -> None:
-    newer = versions_of(pose_model, tmp_path, "2.0.0")["2.0.0"]
+    # 2.0.0 also counts knee bends, so the backlog holds activity events between classifications
+    from trainer.__main__ import main as trainer
+
+    (tmp_path / "bends.toml").write_text(KNEE_BENDS)
+    export = ["export", str(pose_model.run_dir), "--key", str(pose_model.signing_key), "--version", "2.0.0"]
+    newer_path = tmp_path / "2.0.0.zip"
+    assert trainer([*export, "--out", str(newer_path), "--activities", str(tmp_path / "bends.toml")]) == 0
+    newer = newer_path.read_bytes()
     port, http_port = free_port(), free_port()
     database = tmp_path / "state" / "outbox.sqlite"
     with (
         Mosquitto(port, persistence=True) as broker,
-        Subscriber(port, CLASSIFICATION, persistent=True, client_id="faults-sigkill") as sub,
+        Subscriber(port, [CLASSIFICATION, EVENTS], persistent=True, client_id="faults-sigkill") as sub,
     ):
         config = device_config(tmp_path, pose_model, squats, port, pace="realtime", loop=True, keepalive=5)
         config["http"] = {"port": http_port}
@@ -282,6 +292,9 @@ def test_sigkill_with_a_backlog_loses_nothing_committed_and_keeps_the_active_mod
         eventually(lambda: status_of(http_port)["model"]["version"] == "2.0.0", 10, "2.0.0 running")
         models_before = api(http_port, "/api/models")[1]
         broker.stop()
+        eventually(
+            lambda: status_of(http_port)["counters"]["activity_events"] >= 3, 90, "events in the backlog"
+        )
         eventually(lambda: status_of(http_port)["outbox"]["depth"] >= 20, 60, "a backlog of 20")
         child.send_signal(signal.SIGKILL)  # mid-stream: no flush, no close, no checkpoint
         child.wait(10)
@@ -291,10 +304,13 @@ def test_sigkill_with_a_backlog_loses_nothing_committed_and_keeps_the_active_mod
         assert len(backlog) >= 20 and backlog == list(range(backlog[0], killed_at + 1))
         delivered_before = Delivery.of(sub)
 
+        def received() -> list[int]:
+            return Delivery.of(sub).arrived + Delivery.of(sub, EVENTS).arrived
+
         broker.start()
         child = children(path)
-        eventually(lambda: set(backlog) <= set(Delivery.of(sub).arrived), 90, "the backlog to be delivered")
-        eventually(lambda: max(Delivery.of(sub).arrived) > killed_at + 5, 30, "new results after the restart")
+        eventually(lambda: set(backlog) <= set(received()), 90, "the backlog to be delivered")
+        eventually(lambda: max(received()) > killed_at + 5, 30, "new results after the restart")
         after = status_of(http_port)
         models_after = api(http_port, "/api/models")[1]
         child.send_signal(signal.SIGTERM)
@@ -302,10 +318,11 @@ def test_sigkill_with_a_backlog_loses_nothing_committed_and_keeps_the_active_mod
 
         integrity_after, waiting, highest = outbox_file(database)
         assert integrity_after == "ok" and waiting == []
-        eventually(lambda: len(Delivery.of(sub).unique) >= highest, 15, f"all {highest} delivered")
-        delivery = Delivery.of(sub)
-    assert delivery.unique == list(range(1, highest + 1))  # seqs continue; nothing committed is lost
-    assert delivery.in_order
+        eventually(lambda: len(set(received())) >= highest, 15, f"all {highest} delivered")
+        delivery, events = Delivery.of(sub), Delivery.of(sub, EVENTS)
+    # seqs continue over both topics; nothing committed is lost, each topic arrives in order
+    assert sorted(set(delivery.arrived) | set(events.arrived)) == list(range(1, highest + 1))
+    assert delivery.in_order and events.in_order and len(events.unique) >= 3
     assert models_after == models_before and models_after[0]["version"] == "2.0.0"
     assert (after["model"]["version"], after["model"]["status"]) == ("2.0.0", "ok")
     report(
@@ -313,9 +330,10 @@ def test_sigkill_with_a_backlog_loses_nothing_committed_and_keeps_the_active_mod
         backlog_at_kill=len(backlog),
         highest_seq_at_kill=killed_at,
         delivered_before_kill=len(delivered_before.unique),
-        delivered_in_all=len(delivery.unique),
-        lost=highest - len(delivery.unique),
-        duplicates=delivery.duplicates,
+        delivered_in_all=len(delivery.unique) + len(events.unique),
+        events_delivered=len(events.unique),
+        lost=highest - len(delivery.unique) - len(events.unique),
+        duplicates=delivery.duplicates + events.duplicates,
         integrity=integrity,
         active_model_after_restart=after["model"]["version"],
     )

@@ -59,6 +59,7 @@ BASE: dict[str, Any] = {
         "no_person": "skip",
     },
     "label_names": {"a": "Label A"},
+    "activities": {"a_hold": {"kind": "hold", "label": "a", "min_confidence": 0.7, "rest_s": 2.0}},
     "metrics": {"accuracy": 0.9},
     "dataset_fingerprint": "sha256:" + "0" * 64,
     "min_device_version": "0.1.0",

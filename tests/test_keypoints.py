@@ -1,7 +1,8 @@
-"""The keypoint model: frame files, the seed's folder layout, BODY-25 conversion and import."""
+"""The keypoint model: frame files, the seed's folder layout, BODY-25 conversion, pose tables."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from device.keypoints import (
     blazepose_to_body25,
     body25_to_blazepose,
     empty_points,
+    read_blazepose_table,
     read_body25_table,
     read_keypoints,
     sequence_records,
@@ -171,3 +173,85 @@ def test_the_demo_copy_of_the_body25_table_matches_the_original(data_dir: Path) 
     )
     assert demo.labels.tolist() == original.labels.tolist()
     np.testing.assert_allclose(demo.points, original.points, atol=5.1e-5, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- BlazePose landmark tables
+
+FITNESS_LABELS = {"pushups_up": 201, "pushups_down": 195, "squats_up": 191, "squats_down": 225}
+
+
+def _landmark_row(name: str, label: str, values: list[str]) -> str:
+    return ",".join([name, label, *values])
+
+
+def test_a_blazepose_table_is_taken_as_it_is_with_visibility_and_presence_1(data_dir: Path) -> None:
+    path = data_dir / "keypoints" / "fitness_pose_samples.csv"
+    table = read_blazepose_table(path)
+    assert table.points.shape == (812, 33, 5)
+    assert {label: table.labels.tolist().count(label) for label in FITNESS_LABELS} == FITNESS_LABELS
+    first = path.read_text().splitlines()[0].split(",")
+    # x, y, z of each joint in MediaPipe's order, exactly as written: pixels, y down, z on x's scale
+    np.testing.assert_array_equal(table.points[0, :, :3].ravel(), np.array(first[2:], dtype=float))
+    assert (table.points[..., 3:] == 1.0).all()
+
+
+def test_the_demo_copy_of_the_blazepose_table_is_the_original_gzipped(data_dir: Path) -> None:
+    original = read_blazepose_table(data_dir / "keypoints" / "fitness_pose_samples.csv")
+    demo = read_blazepose_table(
+        Path(__file__).resolve().parents[1] / "demo" / "data" / "fitness_pose_samples.csv.gz"
+    )
+    assert demo.labels.tolist() == original.labels.tolist()
+    np.testing.assert_array_equal(demo.points, original.points)
+
+
+GOOD = ["1.5"] * 99
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            [_landmark_row("a.png", "up", GOOD), _landmark_row("b.png", "up", GOOD[:-3])],
+            r"poses\.csv:2: expected 101 columns \(name, label, x0, y0, z0 … x32, y32, z32\), got 98",
+        ),
+        (
+            [_landmark_row("a.png", "up", [*GOOD[:4], "abc", *GOOD[5:]])],
+            r"poses\.csv:1: y1 is not a number \('abc'\)",
+        ),
+        ([_landmark_row("a.png", "up", [*GOOD[:98], ""])], r"poses\.csv:1: z32 is not a number"),
+        ([_landmark_row("a.png", "up", ["inf", *GOOD[1:]])], r"poses\.csv:1: x0 is not a finite number"),
+        (
+            ["name,label," + ",".join(f"x{i},y{i},z{i}" for i in range(33))],
+            r"poses\.csv:1: x0 is not a number",
+        ),
+        ([], r"poses\.csv: no poses; expected rows of 101 columns \(name, label, x0"),
+        (["", "  "], r"poses\.csv:2: expected 101 columns .*, got 1$"),
+    ],
+    ids=[
+        "wrong column count",
+        "a word",
+        "an empty cell",
+        "infinity",
+        "a header",
+        "empty file",
+        "blank lines skipped, spaces not",
+    ],
+)
+def test_malformed_blazepose_tables_name_the_file_and_line(
+    tmp_path: Path, lines: list[str], message: str
+) -> None:
+    path = tmp_path / "poses.csv"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(KeypointFileError, match=message):
+        read_blazepose_table(path)
+
+
+def test_unreadable_blazepose_tables_are_reported_by_name(tmp_path: Path) -> None:
+    with pytest.raises(KeypointFileError, match=r"nothing\.csv: cannot read \(No such file"):
+        read_blazepose_table(tmp_path / "nothing.csv")
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(_landmark_row("a.png", "up", GOOD).encode())[:-12])
+    with pytest.raises(KeypointFileError, match=r"cut\.csv\.gz: cannot read"):
+        read_blazepose_table(tmp_path / "cut.csv.gz")
+    (tmp_path / "huge.csv").write_text('"' + "a" * 140_000 + '"\n')  # one field beyond csv's limit
+    with pytest.raises(KeypointFileError, match=r"huge\.csv:1: not a readable CSV line"):
+        read_blazepose_table(tmp_path / "huge.csv")

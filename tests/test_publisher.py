@@ -161,8 +161,17 @@ def test_home_assistant_device_discovery(broker: Mosquitto, make_rig) -> None:
     assert config["availability"][0]["topic"] == "movement/gym-1/availability"
     assert config["state_topic"] == "movement/gym-1/state"
     platforms = sorted(component["p"] for component in config["cmps"].values())
-    assert platforms == ["binary_sensor", "sensor", "sensor"]
-    assert len({component["unique_id"] for component in config["cmps"].values()}) == 3
+    assert platforms == ["binary_sensor", *["sensor"] * 5]
+    assert len({component["unique_id"] for component in config["cmps"].values()}) == 6
+    # the activity, its repetitions and the last range of motion read the retained activity topic
+    activity_sensors = [
+        c for c in config["cmps"].values() if c.get("state_topic") == "movement/gym-1/activity"
+    ]
+    assert sorted(c["name"] for c in activity_sensors) == [
+        "Activity",
+        "Last repetition's range of motion",
+        "Repetitions",
+    ]
 
 
 def test_no_discovery_when_disabled(broker: Mosquitto, make_rig) -> None:

@@ -36,11 +36,6 @@ def run_replay(model: PoseBundle, video: Path, out: Path, *extra: str | Path) ->
 
 
 @pytest.fixture(scope="module")
-def squats(data_dir: Path) -> Path:
-    return data_dir / "videos" / "squats.mp4"
-
-
-@pytest.fixture(scope="module")
 def squats_lines(
     pose_model: PoseBundle, squats: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> list[dict]:

@@ -35,11 +35,9 @@ STRATEGIES: dict[str, list[str]] = {
 
 
 @pytest.fixture(scope="module")
-def keypoints(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, task_path: Path) -> Path:
-    out = tmp_path_factory.mktemp("keypoints")
-    video = data_dir / "videos" / "example_video.webm"
-    assert trainer(["extract", str(video), "--out", str(out), "--pose-model", str(task_path)]) == 0
-    return out
+def keypoints(example_keypoints: Path) -> Path:
+    """``trainer extract`` of the example video, run once per session (conftest)."""
+    return example_keypoints
 
 
 @pytest.fixture(scope="module")

@@ -665,6 +665,46 @@ def test_status_page_in_chromium(
     assert len(png) > 10_000
 
 
+def test_the_page_shows_the_repetition_counter_only_with_activities(
+    board: StatusBoard, serve: Callable[..., Served], tab: Tab, tmp_path: Path
+) -> None:
+    served = serve(board)
+    page = tab.page
+    page.goto(served.url + "/")
+    expect(page.locator("#label")).to_have_text("squat")
+    expect(page.locator("#counter")).to_be_hidden()  # a model without activities: no counter
+    rep = {
+        "rep": 2,
+        "duration_s": 2.1,
+        "measures": {"angle.left_knee": {"min": 88.0, "max": 165.0, "range": 77.0}},
+    }
+    squat = {"kind": "phases", "set": 1, "in_set": True, "reps": 2, "hold_s": 0.0, "last_rep": rep}
+    plank = {"kind": "hold", "set": 0, "in_set": False, "reps": 0, "hold_s": 0.0, "last_rep": None}
+    state = {
+        "person": 1,
+        "current": "squat",
+        "last_range": 77.0,
+        "activities": {"squat": squat, "plank": plank},
+    }
+    board.set_activity(state)
+    expect(page.locator("#counter-value")).to_have_text("2", timeout=5000)
+    expect(page.locator("#counter-activity")).to_have_text("squat")
+    expect(page.locator("#counter-set")).to_have_text("set 1")
+    expect(page.locator("#counter-last")).to_contain_text("left_knee 88–165°")
+    page.screenshot(path=str(tmp_path / "counter.png"))
+    # the set ends: the count stays on show, and says the set ended
+    board.set_activity(
+        {**state, "current": None, "activities": {**state["activities"], "squat": {**squat, "in_set": False}}}
+    )
+    expect(page.locator("#counter-set")).to_have_text("set 1 (ended)", timeout=5000)
+    expect(page.locator("#counter-value")).to_have_text("2")
+    # a hold shows its seconds
+    held = {**plank, "set": 1, "in_set": True, "hold_s": 12.4}
+    board.set_activity({**state, "current": "plank", "activities": {"squat": squat, "plank": held}})
+    expect(page.locator("#counter-value")).to_have_text("12 s", timeout=5000)
+    assert tab.console_errors == []
+
+
 def test_page_polls_frames_without_a_free_stream_and_shows_when_offline(
     board: StatusBoard, serve: Callable[..., Served], tab: Tab
 ) -> None:

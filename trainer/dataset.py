@@ -10,6 +10,8 @@ written once, atomically, followed by ``FILE.meta.json`` (docs/trainer-contracts
 
 Strategies differ only in how they choose segments (a registry of :class:`Strategy`); the
 options each one needs or accepts are declared there and checked before any file is read.
+Tables of single labeled poses (``--body25``, ``--blazepose``) differ only in their reader and
+feature spec (a registry of :class:`PoseTableFormat`) and go through one builder.
 """
 
 from __future__ import annotations
@@ -66,10 +68,13 @@ from device.keypoints import (
     BODY25_JOINTS,
     FRAMES_SUFFIX,
     JOINTS,
+    BlazePoseTable,
+    Body25Table,
     KeypointFileError,
     KeypointSequence,
     body25_to_blazepose,
     frames_stem,
+    read_blazepose_table,
     read_body25_table,
 )
 from trainer.frame_files import read_frames
@@ -650,33 +655,62 @@ def build_dataset(
     return DatasetResult(out, meta, label_summary(rows, plan), sum(r.skipped for r in results), report)
 
 
-BODY25_LABEL = "label"
+TABLE_LABEL = "label"
+"""The label column of a dataset made from a table of single poses."""
 
 
-def build_body25_dataset(table: Path, out: Path, config: DatasetConfig) -> DatasetResult:
-    """Build ``out`` from a BODY-25 table of single labeled poses: one row per pose.
+@dataclass(frozen=True)
+class PoseTableFormat:
+    """A table of single labeled poses (``--body25``, ``--blazepose``): how it is read and which
+    features it can give. The two differ only here; one builder makes a dataset of either."""
 
+    name: str  # as messages say it: "a BODY-25 table ..."
+    read: Callable[[Path], Body25Table | BlazePoseTable]
+    spec: Callable[[DatasetConfig], FeatureSpec]
+    has_z: bool
+
+
+POSE_TABLES: dict[str, PoseTableFormat] = {
+    "body25": PoseTableFormat("BODY-25", read_body25_table, body25_spec, has_z=False),
+    "blazepose": PoseTableFormat(
+        "BlazePose", read_blazepose_table, lambda config: config.feature_spec, has_z=True
+    ),
+}
+"""Table formats by their option name (``--body25 FILE``, ``--blazepose FILE``)."""
+
+
+def table_stem(path: Path) -> str:
+    """``poses.csv`` and ``poses.csv.gz`` -> ``poses``: the source name of a table's rows."""
+    return Path(path.name.removesuffix(".gz")).stem
+
+
+def build_pose_table_dataset(table: Path, out: Path, config: DatasetConfig, kind: str) -> DatasetResult:
+    """Build ``out`` from a table of single labeled poses (``kind`` a key of :data:`POSE_TABLES`).
+
+    One row per pose, per-frame features only (a pose has no neighbours to window over).
     ``video_id`` is ``<file stem>:<row number>`` and both frame columns hold the row number, so
     the dataset still says where every row came from.
     """
+    form = POSE_TABLES[kind]
     output_format(out)
     if config.strategy != "none":
-        raise DatasetError(f"--strategy {config.strategy}: a BODY-25 table holds single poses; use none")
-    if config.z:
-        raise DatasetError("--z: a BODY-25 table has no z coordinates")
+        raise DatasetError(f"--strategy {config.strategy}: a {form.name} table holds single poses; use none")
+    if config.z and not form.has_z:
+        raise DatasetError(f"--z: a {form.name} table has no z coordinates")
     if config.mapping.columns:
-        raise DatasetError(f"--labels/--label: a BODY-25 table has its labels in column {BODY25_LABEL!r}")
-    poses = read_body25_table(table)
+        raise DatasetError(f"--labels/--label: a {form.name} table has its labels in column {TABLE_LABEL!r}")
+    poses = form.read(table)
     names, codes = np.unique(poses.labels.astype(str), return_inverse=True)
     if len(names) and names[0] == "":  # sorts first: poses without a label
         names, codes = names[1:], codes - 1
-    plan = Plan(config, body25_spec(config), (BODY25_LABEL,), {BODY25_LABEL: tuple(names.tolist())})
+    plan = Plan(config, form.spec(config), (TABLE_LABEL,), {TABLE_LABEL: tuple(names.tolist())})
     numbers = np.arange(1, len(codes) + 1)
     features = _engine(plan.spec).compute(poses.points)
-    rows, _ = sequence_rows(table.stem, numbers, features, codes[None].astype(np.int32), plan)
-    ids = np.array([f"{table.stem}:{n}" for n in rows.first_frame.tolist()], dtype=object)
+    stem = table_stem(table)
+    rows, _ = sequence_rows(stem, numbers, features, codes[None].astype(np.int32), plan)
+    ids = np.array([f"{stem}:{n}" for n in rows.first_frame.tolist()], dtype=object)
     rows = dataclasses.replace(rows, video_id=ids)
-    meta = write_dataset(out, rows, plan, [table.stem], len(numbers), config.decimals)
+    meta = write_dataset(out, rows, plan, [stem], len(numbers), config.decimals)
     return DatasetResult(out, meta, label_summary(rows, plan), 0, ValidationReport())
 
 
@@ -697,6 +731,14 @@ Problems are errors (exit status 2, nothing written) unless they have one obviou
             column, a range wholly outside its video
   warnings  keypoint files nobody annotated, ranges running past the video (clipped), the
             same label over overlapping ranges (merged)
+
+Tables of single labeled poses give one row per pose (strategy none, label column `label`,
+video_id `<file stem>:<row>`), read as they are or gzipped (FILE.csv.gz):
+  --body25 FILE         OpenPose BODY-25 with a header: label, accuracy, x0, y0 ... x24, y24
+                        (y up, 0,0 = missing); features of the joints BODY-25 has
+  --blazepose FILE      BlazePose landmarks, no header: name, label, x0, y0, z0 ... x32, y32, z32
+                        (pixels, MediaPipe's joint order), as ML Kit's pose samples; the
+                        kiosk's own features, so the model runs on its keypoints
 
 Strategies (every one per video; a row's labels are its last frame's):
   none                  a row per labeled frame (every frame with --include-unlabeled)
@@ -721,6 +763,7 @@ Examples:
       --label "Left Step=step_type" --label "Right Step=step_type" --ignore-unmapped-labels \\
       --strategy flatten_on_example --window 10 --splitter-label step_type
   python -m trainer dataset --body25 BodyPose_Dataset.csv --out poses.parquet --features angles,distances
+  python -m trainer dataset --blazepose fitness_pose_samples.csv.gz --out fitness.parquet
 """
 
 
@@ -728,6 +771,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--keypoints", type=Path, metavar="DIR", help="folder of <stem>.frames.jsonl files")
     source.add_argument("--body25", type=Path, metavar="FILE.csv", help="or a BODY-25 table of labeled poses")
+    source.add_argument(
+        "--blazepose", type=Path, metavar="FILE.csv", help="or a BlazePose landmark table of labeled poses"
+    )
     parser.add_argument(
         "--annotations", type=Path, metavar="DIR", help="folder (or file) of .json/.csv annotations"
     )
@@ -811,10 +857,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers {args.workers}: expected at least 1")
     try:
         config = config_from_args(args)
-        if args.body25:
+        kind = next((kind for kind in POSE_TABLES if getattr(args, kind) is not None), None)
+        if kind is not None:
             if args.annotations:
-                raise DatasetError("--annotations: a BODY-25 table carries its labels; leave it out")
-            result = build_body25_dataset(args.body25, args.out, config)
+                name = POSE_TABLES[kind].name
+                raise DatasetError(f"--annotations: a {name} table carries its labels; leave it out")
+            result = build_pose_table_dataset(getattr(args, kind), args.out, config, kind)
         else:
             if not args.annotations:
                 raise DatasetError("--keypoints needs --annotations DIR")

@@ -55,6 +55,7 @@ from device.model.runtimes import (
     load_skops,
 )
 from trainer import tracking
+from trainer.export_documents import ActivitiesFile, LabelNames
 from trainer.tflite import TFLiteConversionError, convert_pipeline, is_convertible
 
 SAMPLE_ROWS = 20
@@ -370,42 +371,6 @@ def held_out_threshold(labels: tuple[str, ...], truth: np.ndarray, probabilities
     )
 
 
-@dataclass(frozen=True)
-class LabelNames:
-    """``--label-names FILE.toml``: display names for the kiosk's page and Home Assistant.
-
-    Read and checked as a document before the slow export starts; its labels are checked against
-    the model's once the run is read (:meth:`for_labels`).
-    """
-
-    path: Path
-    names: dict[str, str]
-
-    @classmethod
-    def read(cls, path: Path) -> LabelNames:
-        document = read_document(path, "TOML", UsageError)
-        unknown = [key for key in document if key != "label_names"]
-        if unknown:
-            raise UsageError(f"{path}: {unknown[0]}: unknown key (the file holds one [label_names] table)")
-        table = document.get("label_names")
-        if not isinstance(table, dict):
-            raise UsageError(f'{path}: label_names: expected a [label_names] table of label = "display name"')
-        for label, name in table.items():
-            if not isinstance(name, str) or not name.strip():
-                got = "an empty string" if isinstance(name, str) else type(name).__name__
-                raise UsageError(f"{path}: label_names.{label}: expected a non-empty display name, got {got}")
-        return cls(path, dict(table))
-
-    def for_labels(self, labels: tuple[str, ...]) -> dict[str, str]:
-        """The names, once every named label is one of ``labels``."""
-        for label in self.names:
-            if label not in labels:
-                raise UsageError(
-                    f"{self.path}: label_names.{label}: not one of the model's labels ({', '.join(labels)})"
-                )
-        return dict(self.names)
-
-
 def _metrics(run: Run, probabilities: np.ndarray) -> dict[str, float]:
     """Held-out scores of the model exactly as the device will run it."""
     predicted = np.asarray(run.labels)[np.argmax(probabilities, axis=1)]
@@ -443,7 +408,7 @@ def build_manifest(
     """The manifest (without ``key_id`` and ``sha256``, which signing fills in).
 
     ``options`` holds the command line's ``model_id``, ``version``, ``created_at``, ``window``,
-    ``decision`` and ``label_names``, checked before the model was loaded and converted;
+    ``decision``, ``label_names`` and ``activities``, checked before the model was loaded and converted;
     ``probabilities`` are the exported model's on the held-out rows.
     """
     return {
@@ -461,6 +426,7 @@ def build_manifest(
         "preprocessing": model.preprocessing,
         "decision": options["decision"],
         "label_names": options["label_names"],
+        "activities": options["activities"],
         "metrics": _metrics(run, probabilities),
         "dataset_fingerprint": run.info["dataset"]["fingerprint"],
         "min_device_version": DEVICE_VERSION,
@@ -561,6 +527,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--label-names", type=Path, metavar="FILE.toml", help="display names: a [label_names] table"
     )
     parser.add_argument(
+        "--activities",
+        type=Path,
+        metavar="FILE.toml",
+        help="repetitions, sets and holds to count: [activity.<name>] tables (README: Activities)",
+    )
+    parser.add_argument(
         "--runtime",
         choices=("auto", *MODEL_FILES),
         default="auto",
@@ -595,6 +567,7 @@ class ExportSettings:
     decision: dict[str, Any]  # its threshold None: from the held-out rows
     model_id: str | None = None  # None: the run's target column
     label_names: LabelNames | None = None
+    activities: ActivitiesFile | None = None
     window: int | None = None
     stride: int | None = None
     fps: float | None = None
@@ -610,6 +583,7 @@ def export_settings(
     smoothing: str = DEFAULT_SMOOTHING,
     no_person: str = DEFAULT_NO_PERSON,
     label_names: Path | None = None,
+    activities: Path | None = None,
     window: int | None = None,
     stride: int | None = None,
     fps: float | None = None,
@@ -628,6 +602,7 @@ def export_settings(
         decision=_decision(threshold, smoothing, no_person),
         model_id=model_id,
         label_names=LabelNames.read(label_names) if label_names is not None else None,
+        activities=ActivitiesFile.read(activities) if activities is not None else None,
         window=window,
         stride=stride,
         fps=fps,
@@ -660,7 +635,10 @@ def export_run(run_dir: Path, out: Path, settings: ExportSettings) -> Exported:
         "created_at": settings.created_at,
         "model_id": settings.model_id or run.info["target"],
         "window": _window(run, settings.window, settings.stride, settings.fps),
-        "label_names": settings.label_names.for_labels(run.labels) if settings.label_names else {},
+        "label_names": settings.label_names.for_model(run.labels) if settings.label_names else {},
+        "activities": (
+            settings.activities.for_model(run.labels, run.info["feature_spec"]) if settings.activities else {}
+        ),
     }
     model = EXPORTERS[_runtime_name(run, settings.runtime)](run)
     probabilities = model.executor.predict_proba(run.rows)  # as the device will compute them
@@ -693,6 +671,7 @@ def run_export(args: argparse.Namespace) -> int:
         fps=args.fps,
         runtime=args.runtime,
         label_names=args.label_names,
+        activities=args.activities,
     )
     out = _output_path(args.out)
     store = None

@@ -6,6 +6,7 @@ exercise is exactly the product, not a shortcut around it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ class PoseBundle:
     run_dir: Path
 
 
+FITNESS_ACTIVITIES = Path(__file__).resolve().parents[1] / "examples" / "fitness.activities.toml"
+"""The squat and push-up activities (DESIGN.md §8) that :func:`fitness_bundle` signs into its bundle."""
+
+
 def pose_bundle(
     table: Path, work: Path, *, version: str | None = None, extra_export: tuple[str, ...] = (), cv: int = 0
 ) -> PoseBundle:
@@ -28,34 +33,57 @@ def pose_bundle(
     Logistic regression on angles, the seed preset and distances: about ten seconds here, and
     macro F1 ≈ 0.99 on the held-out poses.
     """
-    keys, dataset, run, bundle = work / "keys", work / "poses.parquet", work / "run", work / "model.zip"
+    return _table_bundle(
+        ["--body25", str(table), "--features", "angles,seed,distances"],
+        ["--split", "stratified", "--cv", str(cv)],
+        extra_export,
+        work,
+        model_id="poses",
+        version=version,
+    )
+
+
+def fitness_bundle(
+    table: Path, work: Path, *, version: str | None = None, extra_export: tuple[str, ...] = ()
+) -> PoseBundle:
+    """keygen -> dataset (BlazePose table) -> train -> export with activities: a rep counter in ``work``.
+
+    The four key poses of ML Kit's samples (``squats_up``/``down``, ``pushups_up``/``down``) on the
+    kiosk's default features, so the model runs on the keypoints a kiosk computes itself; the
+    activities of :data:`FITNESS_ACTIVITIES` turn its decisions into squats and push-ups counted.
+    The split is ``auto`` (stratified: the rows are single poses); the mean over 0.3 s steadies
+    the decisions over a few frames, well under the time a rep spends in either key pose.
+    """
+    return _table_bundle(
+        ["--blazepose", str(table)],
+        [],
+        ["--activities", str(FITNESS_ACTIVITIES), "--smoothing", "mean:0.3", *extra_export],
+        work,
+        model_id="fitness",
+        version=version,
+    )
+
+
+def _table_bundle(
+    dataset: Sequence[str],
+    train: Sequence[str],
+    export: Sequence[str],
+    work: Path,
+    *,
+    model_id: str,
+    version: str | None,
+) -> PoseBundle:
+    """keygen -> dataset (a table of single poses, label column ``label``) -> train -> export -> verify.
+
+    The recipes of tables differ only in the options each step takes; the files land in ``work``.
+    """
+    keys, table, run, bundle = work / "keys", work / "poses.parquet", work / "run", work / "model.zip"
     steps = [
-        ["dataset", "--body25", str(table), "--features", "angles,seed,distances", "--out", str(dataset)],
+        ["dataset", *dataset, "--out", str(table)],
+        ["train", "--dataset", str(table), "--target", "label", *train, "--out", str(run), "--overwrite"],
         [
-            "train",
-            "--dataset",
-            str(dataset),
-            "--target",
-            "label",
-            "--split",
-            "stratified",
-            "--cv",
-            str(cv),
-            "--out",
-            str(run),
-            "--overwrite",
-        ],
-        [
-            "export",
-            str(run),
-            "--out",
-            str(bundle),
-            "--key",
-            str(keys / "signing.key"),
-            "--model-id",
-            "poses",
-            *(["--version", version] if version else []),
-            *extra_export,
+            *["export", str(run), "--out", str(bundle), "--key", str(keys / "signing.key")],
+            *["--model-id", model_id, *(["--version", version] if version else []), *export],
         ],
         ["verify", str(bundle), "--pub", str(keys / "signing.pub")],
     ]

@@ -36,12 +36,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from device import __version__ as DEVICE_VERSION
+from device.activity_specs import Activity, ActivityError, check_against_model, parse_activities
 from device.features import FeatureEngine, FeatureSpec, FeatureSpecError, WindowSpec, window_names
 from device.smoothing import SMOOTHING_KINDS
 
 SCHEMA_VERSION = 2
 """2: windows carry their frame rate (``window.fps``), smoothing spans are seconds, labels may
-have display names. A version-1 bundle is refused with a hint to export it again."""
+have display names, and activities (repetitions, sets, holds) travel with the model. A version-1
+bundle is refused with a hint to export it again."""
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 MODEL_FILES: Mapping[str, str] = MappingProxyType({"sklearn": "model.skops", "tflite": "model.tflite"})
@@ -358,6 +360,13 @@ class Samples:
         )
 
 
+def _activities(value: Any) -> tuple[Activity, ...]:
+    try:
+        return parse_activities(value)
+    except ActivityError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _schema_version(value: Any) -> int:
     if _int(value) != SCHEMA_VERSION:
         raise _Invalid(
@@ -384,6 +393,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "preprocessing": Preprocessing.parse,
     "decision": Decision.parse,
     "label_names": lambda v: _mapping(v, _text),
+    "activities": _activities,
     "metrics": lambda v: _mapping(v, _number),
     "dataset_fingerprint": lambda v: _text(v, _FINGERPRINT),
     "min_device_version": _version,
@@ -427,6 +437,8 @@ class Manifest:
     decision: Decision
     label_names: Mapping[str, str]
     """Display names for some or all labels (the page, Home Assistant); payloads keep the labels."""
+    activities: tuple[Activity, ...]
+    """Repetitions, sets and holds the kiosk counts (DESIGN.md §8); may be empty."""
     metrics: Mapping[str, float]
     dataset_fingerprint: str
     min_device_version: str
@@ -475,6 +487,10 @@ class Manifest:
         unnamed = [label for label in self.label_names if label not in self.labels]
         if unnamed:
             raise _Invalid(f"label_names: {unnamed[0]!r} is not one of the labels")
+        try:
+            check_against_model(self.activities, self.labels, FeatureEngine(self.feature_spec).names)
+        except ActivityError as exc:
+            raise _Invalid(f"activities: {exc}") from None
         self._check_columns()
         self._check_samples()
 

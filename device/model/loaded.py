@@ -12,7 +12,6 @@ from device.features import FeatureEngine, WindowSpec, window_features, window_n
 from device.model.bundle import Manifest, VerifiedBundle
 from device.model.runtimes import ModelRuntime, load_runtime
 from device.status import ModelInfo
-from device.window import Window
 
 
 class LoadedModel:
@@ -42,9 +41,9 @@ class LoadedModel:
             label_names=manifest.label_names,
         )
 
-    def row(self, window: Window) -> np.ndarray:
-        """The model's input row ``(1, columns)`` for one window."""
-        per_frame = self.engine.compute(window.points)
+    def row(self, per_frame: np.ndarray) -> np.ndarray:
+        """The model's input row ``(1, columns)`` from one window's per-frame features
+        (``self.engine.compute(window.points)``, which the activity stage reads too)."""
         values = per_frame[-1:] if self.window_spec is None else window_features(per_frame, self.window_spec)
         return values[:, self._columns]
 

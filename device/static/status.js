@@ -53,6 +53,34 @@
     $(id).replaceChildren(...made);
   }
 
+  // The repetition counter: the current activity's set and count (or hold time), and the last
+  // repetition's range of motion; the most recent activity stays shown between sets.
+  let shownActivity = null;
+  function counter(state) {
+    const box = $("counter");
+    if (!state || !Object.keys(state.activities || {}).length) {
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    const names = Object.keys(state.activities);
+    const name = state.current || (names.includes(shownActivity) ? shownActivity : names[0]);
+    shownActivity = name;
+    const a = state.activities[name];
+    put("counter-activity", name);
+    put("counter-set", a.set ? `set ${a.set}${a.in_set ? "" : " (ended)"}` : "no set yet");
+    put("counter-value", a.kind === "hold" ? `${Math.round(a.hold_s)} s` : String(a.reps));
+    const last = a.last_rep;
+    const measures = last && last.measures ? Object.entries(last.measures) : [];
+    put(
+      "counter-last",
+      last
+        ? `last: ${last.duration_s.toFixed(1)} s` +
+            measures.map(([f, m]) => ` · ${f.replace("angle.", "")} ${m.min.toFixed(0)}–${m.max.toFixed(0)}°`).join("")
+        : "",
+    );
+  }
+
   function render(s) {
     const current = s.current;
     // the bundle's display names, where it gives them; payloads keep the model's labels
@@ -68,6 +96,7 @@
         : "",
     );
     put("uptime", fmt.duration(s.uptime_s));
+    counter(s.activity);
 
     const model = s.model;
     put("model-id", model ? model.id : "no model loaded", model ? "" : "bad");
