@@ -144,9 +144,14 @@ def _value(name: str, value: Any, key: str) -> Any:
         if not isinstance(value, str) or not value:
             raise ActivityError(f"{key}: expected a name")
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ActivityError(f"{key}: expected a number, got {value!r}")
-    value = float(value)
+    try:  # an integer beyond any float is not a finite number either (OverflowError)
+        number = float(value) if not isinstance(value, bool) and isinstance(value, int | float) else math.nan
+    except OverflowError:
+        number = math.nan
+    if not math.isfinite(number):
+        shown = "a huge integer" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+        raise ActivityError(f"{key}: expected a number, got {shown}")
+    value = number
     if name in ("enter", "exit", "min_confidence") and not 0 <= value <= 1:
         raise ActivityError(f"{key}: a probability is within 0..1, got {value:g}")
     if name.endswith("_s") and not 0 <= value <= MAX_SECONDS:

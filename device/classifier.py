@@ -43,6 +43,7 @@ from device.model.loaded import LoadedModel
 from device.model.store import open_model
 from device.prediction import Prediction
 from device.sources import Frame, VideoFileSource, paced
+from device.tracking import PersonTracker, Tracked
 
 if TYPE_CHECKING:
     from device.pose import PoseEstimator, PoseOptions
@@ -54,6 +55,7 @@ class Step:
 
     person: np.ndarray | None
     outputs: tuple[Output, ...]
+    people: tuple[tuple[int, np.ndarray], ...] = ()  # with ``everyone``: each person's track id and points
 
     @property
     def predictions(self) -> tuple[Prediction, ...]:
@@ -75,11 +77,18 @@ class Classifier:
         timebase: Timebase = Timebase.WALL,
         timer: StageTimer | None = None,
         fresh_pose: bool = True,
+        everyone: bool = False,
     ) -> None:
         """``fresh_pose``: a new pose graph for each clip (bit-for-bit ``trainer extract``'s
         keypoints), or one graph restarted per clip (no 0.2-0.4 s stall per clip, which a live
-        kiosk cannot afford; see :meth:`device.pose.PoseEstimator.restart`)."""
+        kiosk cannot afford; see :meth:`device.pose.PoseEstimator.restart`). ``everyone``: every
+        person MediaPipe finds (``pose.num_poses`` of them) gets a track id
+        (:mod:`device.tracking`) and a decision pipeline of their own; otherwise the largest person
+        is followed as person 1."""
         self._pose_options = pose
+        self._tracker = PersonTracker() if everyone else None
+        self._people: dict[int, DecisionPipeline] = {}  # track id -> that person's pipeline
+        self._settings = settings
         self._timebase, self._timer = timebase, timer
         self._decisions: DecisionPipeline | None = None
         self._estimator: PoseEstimator | None = None
@@ -99,27 +108,33 @@ class Classifier:
         *,
         pose: PoseOptions | None = None,
         timebase: Timebase = Timebase.SOURCE,
+        everyone: bool = False,
     ) -> Classifier:
         """A classifier for a signed bundle file, checked as a kiosk checks it (else ModelRejected).
 
         The default timebase is the source's: results of a video are the same on every run.
         """
-        return cls(open_model(bundle, trusted_keys), pose=pose, timebase=timebase)
+        return cls(open_model(bundle, trusted_keys), pose=pose, timebase=timebase, everyone=everyone)
 
     @property
     def model(self) -> LoadedModel | None:
         return self._decisions.model if self._decisions else None
 
     def activity_state(self) -> dict | None:
-        """The person's activities now (the retained ``activity`` payload); None without any."""
+        """The activities now (the retained ``activity`` payload) of the person followed, or with
+        ``everyone`` of the person in view longest; None without any."""
         decisions = self._decisions
+        if self._tracker is not None:
+            decisions = self._people[min(self._people)] if self._people else None
         if decisions is None or decisions.activities is None:
             return None
         return decisions.activities.state()
 
     def use_model(self, model: LoadedModel, settings: DecisionSettings | None = None) -> None:
         """Run ``model`` from the next frame on (one assignment: a running loop never sees half)."""
+        self._settings = settings
         self._decisions = DecisionPipeline(model, settings, self._timebase, self._timer)
+        self._people = {}  # every person's pipeline starts again with the new model
 
     # ------------------------------------------------------------------ input
 
@@ -153,13 +168,37 @@ class Classifier:
         self.last_person = points
         return outputs + self._decide(number, timestamp_ms, points, time.monotonic())
 
+    def feed_poses(self, poses: np.ndarray, timestamp_ms: float, frame_number: int | None = None) -> Step:
+        """Everyone in one frame from your own pose source, ``(n, 33, 5)`` (n may be 0), for a
+        classifier made with ``everyone=True``: each person gets a track id and their own
+        decisions (``Step.people`` says who is where)."""
+        if self._tracker is None:
+            raise ValueError(
+                "feed_poses needs Classifier(..., everyone=True); feed_keypoints takes one person"
+            )
+        poses = np.asarray(poses, dtype=np.float64).reshape(-1, 33, 5)
+        ended = self._if_time_went_back(timestamp_ms)
+        number = frame_number if frame_number is not None else next(self._counter)
+        image = np.zeros((1, 1, 3), np.uint8)  # no picture: the poses are given
+        frame = Frame(image, number, timestamp_ms, "poses")
+        if self._new_clip(frame.source, number, timestamp_ms):
+            ended += self.new_clip()
+        tracked = self._tracker.update(timestamp_ms, poses)
+        self.last_person = _largest(poses)
+        return Step(self.last_person, (*ended, *self._decide_everyone(frame, tracked)), tracked.people)
+
     def process(self, frame: Frame) -> Step:
         """One :class:`~device.sources.Frame` through pose and the decision pipeline (the daemon's call)."""
         starts = self._new_clip(frame.source, frame.frame_number, frame.timestamp_ms)
         ended = self.new_clip() if starts else []
-        person = self.last_person = self._pose(frame)
-        outputs = self._decide(frame.frame_number, frame.timestamp_ms, person, frame.captured_at)
-        return Step(person, (*ended, *outputs))
+        poses = self._poses(frame)
+        person = self.last_person = _largest(poses)
+        if self._tracker is None:
+            outputs = self._decide(frame.frame_number, frame.timestamp_ms, person, frame.captured_at)
+            return Step(person, (*ended, *outputs))
+        tracked = self._tracker.update(frame.timestamp_ms, poses)
+        outputs = self._decide_everyone(frame, tracked)
+        return Step(person, (*ended, *outputs), tracked.people)
 
     def classify_video(self, path: str | Path, fps: float | None = None) -> Iterator[Output]:
         """Everything one video file gives, as a kiosk processing ``fps`` frames/s would (default:
@@ -181,7 +220,13 @@ class Classifier:
             self._estimator = None
         elif self._estimator is not None:
             self._estimator.restart()
-        return self._decisions.reset() if self._decisions is not None else []
+        ended = self._decisions.reset() if self._decisions is not None else []
+        if self._tracker is not None:
+            self._tracker.reset()
+            for pipeline in self._people.values():
+                ended += pipeline.reset()
+            self._people = {}
+        return ended
 
     def close(self) -> None:
         """Release MediaPipe's graph; the classifier can be used again (it makes a new one)."""
@@ -212,17 +257,41 @@ class Classifier:
         old_source, old_number, old_stamp = previous
         return source != old_source or frame_number <= old_number or timestamp_ms < old_stamp
 
-    def _pose(self, frame: Frame) -> np.ndarray | None:
-        from device.pose import PoseEstimator, PoseOptions, main_pose  # MediaPipe only for images
+    def _poses(self, frame: Frame) -> np.ndarray:
+        """Everyone MediaPipe finds in the frame, ``(n, 33, 5)``."""
+        from device.pose import PoseEstimator, PoseOptions  # MediaPipe only for images
 
         if self._estimator is None:
             self._estimator = PoseEstimator(self._pose_options or PoseOptions(), mode="video")
         began = time.monotonic()
         rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; MediaPipe wants RGB
-        person = main_pose(self._estimator.detect(rgb, frame.timestamp_ms))
+        poses = self._estimator.detect(rgb, frame.timestamp_ms)
         if self._timer is not None:
             self._timer("pose", time.monotonic() - began)
-        return person
+        return poses
+
+    def _decide_everyone(self, frame: Frame, tracked: Tracked) -> list[Output]:
+        """Each tracked person through their own pipeline; pipelines of ended tracks end their sets
+        and are dropped, so memory stays bounded however many people pass."""
+        outputs: list[Output] = []
+        for person in tracked.ended:
+            pipeline = self._people.pop(person, None)
+            if pipeline is not None:
+                outputs += pipeline.reset()
+        model = self.model
+        if model is None:
+            return outputs
+        seen = dict(tracked.people)
+        for person in seen:
+            if person not in self._people:
+                self._people[person] = DecisionPipeline(
+                    model, self._settings, self._timebase, self._timer, person
+                )
+        for person, pipeline in self._people.items():  # a person not found in this frame: absent
+            outputs += pipeline.push(
+                frame.frame_number, frame.timestamp_ms, seen.get(person), frame.captured_at
+            )
+        return outputs
 
     def _decide(
         self, frame_number: int, timestamp_ms: float, person: np.ndarray | None, captured_at: float
@@ -231,3 +300,10 @@ class Classifier:
         if decisions is None:
             return []
         return decisions.push(frame_number, timestamp_ms, person, captured_at)
+
+
+def _largest(poses: np.ndarray) -> np.ndarray | None:
+    """The person followed alone, and drawn first: the largest in the image (usually the nearest)."""
+    from device.pose import main_pose
+
+    return main_pose(poses)

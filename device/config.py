@@ -104,7 +104,12 @@ class CaptureSection(_Section):
 
 class PoseSection(_Section):
     model: Path | None = Field(None, description="an official pose landmarker .task; default: built offline")
-    num_poses: int = Field(1, ge=1, le=5)
+    num_poses: int = Field(1, ge=1, le=5, description="people MediaPipe looks for in each frame")
+    classify: Literal["largest", "everyone"] = Field(
+        "largest",
+        description="largest: the largest person, as person 1; everyone: each person found gets a "
+        "track id and decisions of their own",
+    )
     min_detection_confidence: float = Field(0.5, ge=0, le=1)
     min_presence_confidence: float = Field(0.5, ge=0, le=1)
     min_tracking_confidence: float = Field(0.5, ge=0, le=1)

@@ -67,8 +67,13 @@ class Daemon:
         self.store: ModelStore | None = None
         # one pose graph restarted per clip: building one per clip would stall every thread
         self.classifier = Classifier(
-            None, pose=_pose_options(config), timer=self.status.record_stage, fresh_pose=False
+            None,
+            pose=_pose_options(config),
+            timer=self.status.record_stage,
+            fresh_pose=False,
+            everyone=config.pose.classify == "everyone",
         )
+        self._labels: dict[int, str] = {}  # person -> latest label, for the retained state
         self._model_change = threading.Lock()
         self._stop = threading.Event()
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
@@ -304,6 +309,8 @@ class Daemon:
         if step.person is None:
             self.status.count("frames_without_person")
         self._presence(step.person is not None)
+        if step.people:  # with everyone: only the people in view keep a place in the state
+            self._labels = {p: label for p, label in self._labels.items() if p in dict(step.people)}
         self._publish(step.outputs)
         self.status.count("frames_processed")  # counted once its results are out
         previous = self.status.view
@@ -355,10 +362,12 @@ class Daemon:
         payload = prediction.payload()
         model = self.classifier.model
         label_name = model.info.display_name(prediction.label) if model else prediction.label
+        self._labels[prediction.person] = prediction.label
         self._last_prediction_payload = {
             **({"seq": seq} if seq is not None else {}),
             **payload,
             "label_name": label_name,
+            "people": [{"person": p, "label": label} for p, label in sorted(self._labels.items())],
         }
         if seq is not None and self.publisher is not None:
             self.publisher.set_state(

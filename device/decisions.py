@@ -66,7 +66,7 @@ class DecisionSettings:
 
 
 class DecisionPipeline:
-    """Frames of one person → :class:`Prediction` objects, with one model's settings."""
+    """Frames of one person (track ``person``) → outputs, with one model's settings."""
 
     def __init__(
         self,
@@ -74,8 +74,10 @@ class DecisionPipeline:
         settings: DecisionSettings | None = None,
         timebase: Timebase = Timebase.WALL,
         timer: StageTimer | None = None,
+        person: int = 1,
     ) -> None:
         self.model = model
+        self.person = person
         self.settings = settings or DecisionSettings.of(model)
         smoothing = self.settings.smoothing
         self.smoother = Smoother(smoothing.kind, smoothing.span_s, smoothing.enter, smoothing.exit)
@@ -89,7 +91,7 @@ class DecisionPipeline:
         manifest = self.model.manifest
         if not manifest.activities:
             return None
-        return ActivityStage(manifest.activities, manifest.labels, self.model.engine.names)
+        return ActivityStage(manifest.activities, manifest.labels, self.model.engine.names, self.person)
 
     def reset(self) -> list[ActivityEvent]:
         """A new clip (or person): sets in progress end (their events are returned), and windows,
@@ -157,6 +159,7 @@ class DecisionPipeline:
             model_id=info.model_id,
             model_version=info.version,
             latency_ms=(time.monotonic() - window.captured_at) * 1000.0 if live else 0.0,
+            person=self.person,
         )
 
     def _time(self, stage: str, began: float) -> None:

@@ -25,6 +25,7 @@ class Prediction:
     model_id: str
     model_version: str
     latency_ms: float  # from the window's last frame being captured to this result
+    person: int = 1  # the anonymous track id (1 when one person is followed)
 
     topic = "classification"
 
@@ -41,5 +42,6 @@ class Prediction:
                 "end_ts_ms": round(self.end_ts_ms, 3),
             },
             "model": {"id": self.model_id, "version": self.model_version},
+            "person": self.person,
             "latency_ms": round(self.latency_ms, 3),
         }

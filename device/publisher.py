@@ -143,6 +143,15 @@ def discovery_payload(topics: Topics, device_id: str) -> dict[str, Any]:
                 "device_class": "occupancy",
                 "value_template": "{{ 'ON' if value_json.person_present else 'OFF' }}",
             },
+            f"{uid}_people": {
+                "p": "sensor",
+                "name": "People in view",
+                "unique_id": f"{uid}_people",
+                "icon": "mdi:account-group",
+                "state_class": "measurement",
+                "value_template": "{{ (value_json.people | default([1])) | length "
+                "if value_json.person_present else 0 }}",
+            },
             # fed by the retained ``activity`` topic (its own state_topic)
             f"{uid}_activity": {
                 "p": "sensor",

@@ -82,6 +82,7 @@ def test_classifications_of_a_real_video_reach_a_subscriber_in_order(
             "window",
             "model",
             "latency_ms",
+            "person",
         }
         assert first["model"] == {"id": "poses", "version": "1.0.0"}
         assert set(first["window"]) == {"first_frame", "last_frame", "start_ts_ms", "end_ts_ms"}

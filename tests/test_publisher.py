@@ -24,7 +24,10 @@ from device.publisher import MqttPublisher
 from device.status import StatusBoard
 
 REPO = Path(__file__).resolve().parents[1]
-DESIGN_FIELDS = {"seq", "ts", "label", "confidence", "probabilities", "window", "model", "latency_ms"}
+DESIGN_FIELDS = {
+    *("seq", "ts", "label", "confidence", "probabilities"),
+    *("window", "model", "latency_ms", "person"),
+}
 
 
 def prediction(i: int) -> Prediction:
@@ -161,8 +164,8 @@ def test_home_assistant_device_discovery(broker: Mosquitto, make_rig) -> None:
     assert config["availability"][0]["topic"] == "movement/gym-1/availability"
     assert config["state_topic"] == "movement/gym-1/state"
     platforms = sorted(component["p"] for component in config["cmps"].values())
-    assert platforms == ["binary_sensor", *["sensor"] * 5]
-    assert len({component["unique_id"] for component in config["cmps"].values()}) == 6
+    assert platforms == ["binary_sensor", *["sensor"] * 6]
+    assert len({component["unique_id"] for component in config["cmps"].values()}) == 7
     # the activity, its repetitions and the last range of motion read the retained activity topic
     activity_sensors = [
         c for c in config["cmps"].values() if c.get("state_topic") == "movement/gym-1/activity"
