@@ -23,7 +23,6 @@ a break longer than ``rest_s`` ends the hold (``hold`` with its duration, then `
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +52,7 @@ class ActivityEvent:
     measures: dict[str, dict[str, float]] | None = None
     asymmetry: dict[str, float] | None = None
     incomplete: bool | None = None
+    station: str | None = None
 
     topic = "events"
 
@@ -66,6 +66,7 @@ class ActivityEvent:
             "measures": self.measures,
             "asymmetry": self.asymmetry,
             "incomplete": self.incomplete,
+            "station": self.station,
         }
         return {**data, **{k: v for k, v in optional.items() if v is not None}}
 
@@ -92,15 +93,27 @@ class _Progress:
         }
 
 
+@dataclass
+class Who:
+    """Whose activities these are: the person's track id and, with stations, where they are now."""
+
+    person: int = 1
+    station: str | None = None
+
+
 class _Tracker:
     """One activity's state; subclasses decide what a frame or a result means for it."""
 
-    def __init__(self, activity: Activity) -> None:
+    def __init__(self, activity: Activity, who: Who) -> None:
         self.activity = activity
         self.progress = _Progress(activity.kind)
+        self._who = who
 
     def event(self, ts: float, kind: str, **fields: Any) -> ActivityEvent:
-        return ActivityEvent(ts, kind, self.activity.name, self.progress.set, **fields)
+        who = self._who
+        return ActivityEvent(
+            ts, kind, self.activity.name, self.progress.set, who.person, station=who.station, **fields
+        )
 
 
 class _Repetitions(_Tracker):
@@ -109,11 +122,12 @@ class _Repetitions(_Tracker):
     def __init__(
         self,
         activity: PhasesActivity | AngleActivity,
+        who: Who,
         measure_columns: list[int],
         angle_column: int | None = None,
         phase_labels: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(activity)
+        super().__init__(activity, who)
         self.spec = activity
         self._measure_columns = measure_columns
         self._angle_column = angle_column  # angle: the feature's column among the values
@@ -131,7 +145,8 @@ class _Repetitions(_Tracker):
         """A frame's measure values (None without a person), kept for the repetition's measures."""
         if values is not None and self._measure_columns:
             self._recent.append((t_ms, values[self._measure_columns]))
-        horizon = t_ms - 1000.0 * (self.spec.max_rep_s + self.spec.min_phase_s + 1.0)
+        # a repetition can only have begun when the rest was last left: nothing older is needed
+        horizon = t_ms if self._left_rest_at is None else self._left_rest_at
         while self._recent and self._recent[0][0] < horizon:
             self._recent.popleft()
         return self._expire(t_ms, ts)
@@ -198,9 +213,9 @@ class _Repetitions(_Tracker):
         if not names or not rows:
             return None, None
         stack = np.stack(rows)
-        with warnings.catch_warnings():  # an all-NaN column warns; that measure is left out
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
+        # fmin/fmax skip NaN without the warnings (and their cost) of nanmin/nanmax; a column that
+        # is NaN throughout stays NaN and that measure is left out
+        low, high = np.fmin.reduce(stack, axis=0), np.fmax.reduce(stack, axis=0)
         measures = {
             name: {"min": round(float(a), 2), "max": round(float(b), 2), "range": round(float(b - a), 2)}
             for name, a, b in zip(names, low, high, strict=True)
@@ -243,8 +258,8 @@ class _Repetitions(_Tracker):
 class _Hold(_Tracker):
     """``hold``: time in a label between results, breaks shorter than ``rest_s`` left out."""
 
-    def __init__(self, activity: HoldActivity, label_index: int) -> None:
-        super().__init__(activity)
+    def __init__(self, activity: HoldActivity, who: Who, label_index: int) -> None:
+        super().__init__(activity, who)
         self.spec, self._label = activity, label_index
         self._last_result: float | None = None
         self._broken_since: float | None = None
@@ -298,17 +313,19 @@ class ActivityStage:
     _last_range: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.who = Who(self.person)  # the decision pipeline sets who.station as the person moves
         column = {name: i for i, name in enumerate(self.feature_names)}  # export checked them all
         for activity in self.activities:
             if isinstance(activity, HoldActivity):
-                self._holds.append(_Hold(activity, self.labels.index(activity.label)))
+                self._holds.append(_Hold(activity, self.who, self.labels.index(activity.label)))
                 continue
             measures = [column[m] for m in activity.measures]
             if isinstance(activity, AngleActivity):
-                self._reps.append(_Repetitions(activity, measures, angle_column=column[activity.feature]))
+                column_of = column[activity.feature]
+                self._reps.append(_Repetitions(activity, self.who, measures, angle_column=column_of))
             else:
                 phases = (self.labels.index(activity.phases[0]), self.labels.index(activity.phases[1]))
-                self._reps.append(_Repetitions(activity, measures, phase_labels=phases))
+                self._reps.append(_Repetitions(activity, self.who, measures, phase_labels=phases))
 
     def update(
         self,

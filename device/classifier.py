@@ -43,6 +43,7 @@ from device.model.loaded import LoadedModel
 from device.model.store import open_model
 from device.prediction import Prediction
 from device.sources import Frame, VideoFileSource, paced
+from device.stations import Station, station_of
 from device.tracking import PersonTracker, Tracked
 
 if TYPE_CHECKING:
@@ -78,15 +79,18 @@ class Classifier:
         timer: StageTimer | None = None,
         fresh_pose: bool = True,
         everyone: bool = False,
+        stations: tuple[Station, ...] = (),
     ) -> None:
         """``fresh_pose``: a new pose graph for each clip (bit-for-bit ``trainer extract``'s
         keypoints), or one graph restarted per clip (no 0.2-0.4 s stall per clip, which a live
         kiosk cannot afford; see :meth:`device.pose.PoseEstimator.restart`). ``everyone``: every
         person MediaPipe finds (``pose.num_poses`` of them) gets a track id
         (:mod:`device.tracking`) and a decision pipeline of their own; otherwise the largest person
-        is followed as person 1."""
+        is followed as person 1. ``stations``: only people whose hips are inside one are
+        classified, their results carrying its name (:mod:`device.stations`; implies everyone)."""
         self._pose_options = pose
-        self._tracker = PersonTracker() if everyone else None
+        self._stations = stations
+        self._tracker = PersonTracker() if everyone or stations else None
         self._people: dict[int, DecisionPipeline] = {}  # track id -> that person's pipeline
         self._settings = settings
         self._timebase, self._timer = timebase, timer
@@ -109,12 +113,14 @@ class Classifier:
         pose: PoseOptions | None = None,
         timebase: Timebase = Timebase.SOURCE,
         everyone: bool = False,
+        stations: tuple[Station, ...] = (),
     ) -> Classifier:
         """A classifier for a signed bundle file, checked as a kiosk checks it (else ModelRejected).
 
         The default timebase is the source's: results of a video are the same on every run.
         """
-        return cls(open_model(bundle, trusted_keys), pose=pose, timebase=timebase, everyone=everyone)
+        model = open_model(bundle, trusted_keys)
+        return cls(model, pose=pose, timebase=timebase, everyone=everyone, stations=stations)
 
     @property
     def model(self) -> LoadedModel | None:
@@ -288,9 +294,11 @@ class Classifier:
                     model, self._settings, self._timebase, self._timer, person
                 )
         for person, pipeline in self._people.items():  # a person not found in this frame: absent
-            outputs += pipeline.push(
-                frame.frame_number, frame.timestamp_ms, seen.get(person), frame.captured_at
-            )
+            points = seen.get(person)
+            if points is not None and self._stations:  # outside every station: not classified
+                pipeline.station = station_of(points, self._stations)
+                points = points if pipeline.station is not None else None
+            outputs += pipeline.push(frame.frame_number, frame.timestamp_ms, points, frame.captured_at)
         return outputs
 
     def _decide(

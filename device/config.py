@@ -203,6 +203,20 @@ class HttpSection(_Section):
     max_upload_mb: float = Field(64.0, gt=0, le=1024)
 
 
+class StationSection(_Section):
+    name: str = Field(pattern=r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}", description="shown with its results")
+    polygon: list[tuple[float, float]] = Field(
+        min_length=3, description="corners [x, y] in image pixels; a person inside is classified"
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _in_the_image(cls, corners: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if any(x < 0 or y < 0 for x, y in corners):
+            raise ValueError("corners are image pixels: x and y must not be negative")
+        return corners
+
+
 class Config(_Section):
     device: DeviceSection = DeviceSection()
     source: SourceSection
@@ -212,6 +226,18 @@ class Config(_Section):
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
     http: HttpSection = HttpSection()
+    stations: list[StationSection] = Field(
+        default_factory=list, description="named zones: with any, only people inside one are classified"
+    )
+
+    @field_validator("stations")
+    @classmethod
+    def _unique_station_names(cls, stations: list[StationSection]) -> list[StationSection]:
+        names = [s.name for s in stations]
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise ValueError(f"station name {repeated!r} is used twice")
+        return stations
 
     @property
     def outbox_path(self) -> Path:

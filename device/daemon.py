@@ -37,6 +37,7 @@ from device.pose import PoseModelError, PoseOptions, check_task_file, offline_ta
 from device.prediction import Prediction
 from device.publisher import MqttPublisher
 from device.sources import Frame
+from device.stations import Station
 from device.status import LiveView, StatusBoard, counter_text
 from device.systemd import Notifier
 from device.web import WebServer, create_app
@@ -72,6 +73,7 @@ class Daemon:
             timer=self.status.record_stage,
             fresh_pose=False,
             everyone=config.pose.classify == "everyone",
+            stations=tuple(Station(s.name, tuple(s.polygon)) for s in config.stations),
         )
         self._labels: dict[int, str] = {}  # person -> latest label, for the retained state
         self._model_change = threading.Lock()

@@ -78,6 +78,7 @@ class DecisionPipeline:
     ) -> None:
         self.model = model
         self.person = person
+        self.station: str | None = None  # where the person is now, when stations are configured
         self.settings = settings or DecisionSettings.of(model)
         smoothing = self.settings.smoothing
         self.smoother = Smoother(smoothing.kind, smoothing.span_s, smoothing.enter, smoothing.exit)
@@ -86,6 +87,7 @@ class DecisionPipeline:
         self._timer = timer
         self.activities = self._activity_stage()
         self._fresh_activities = False
+        self._smoothed: np.ndarray | None = None  # the latest result's probabilities, for activities
 
     def _activity_stage(self) -> ActivityStage | None:
         manifest = self.model.manifest
@@ -125,8 +127,9 @@ class DecisionPipeline:
             self.activities, self._fresh_activities = self._activity_stage(), False
         if self.activities is not None:
             began = time.monotonic()
-            probabilities = None if prediction is None else np.array([p for _, p in prediction.probabilities])
+            probabilities = None if prediction is None else self._smoothed  # as the prediction's
             latest = None if features is None else features[-1]  # the window's newest sample
+            self.activities.who.station = self.station
             outputs += self.activities.update(
                 timestamp_ms, points is not None, latest, probabilities, self._ts(timestamp_ms)
             )
@@ -142,6 +145,7 @@ class DecisionPipeline:
         raw = self.model.probabilities(row)
         end_ms = float(window.timestamps_ms[-1])
         decision = self.smoother.decide(end_ms, raw)
+        self._smoothed = decision.probabilities
         self._time("classify", began)
         labels = self.model.manifest.labels
         label = labels[decision.label] if decision.confidence >= self.settings.threshold else UNKNOWN
@@ -160,6 +164,7 @@ class DecisionPipeline:
             model_version=info.version,
             latency_ms=(time.monotonic() - window.captured_at) * 1000.0 if live else 0.0,
             person=self.person,
+            station=self.station,
         )
 
     def _time(self, stage: str, began: float) -> None:

@@ -26,6 +26,7 @@ class Prediction:
     model_version: str
     latency_ms: float  # from the window's last frame being captured to this result
     person: int = 1  # the anonymous track id (1 when one person is followed)
+    station: str | None = None  # the station the person was in, when stations are configured
 
     topic = "classification"
 
@@ -43,5 +44,6 @@ class Prediction:
             },
             "model": {"id": self.model_id, "version": self.model_version},
             "person": self.person,
+            **({"station": self.station} if self.station is not None else {}),
             "latency_ms": round(self.latency_ms, 3),
         }
