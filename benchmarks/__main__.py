@@ -2,7 +2,7 @@
 
 NAME is ``table`` (the default: every benchmark, one table) or one of ``features``, ``pose``,
 ``dataset``, ``train``, ``device``, ``load``, ``extract``, ``replay``,
-``activities``; the options are that benchmark's
+``activities``, ``startup``; the options are that benchmark's
 own (``--help``).
 """
 
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "extract": "benchmarks.extract_bench",
     "replay": "benchmarks.replay_bench",
     "activities": "benchmarks.activity_bench",
+    "startup": "benchmarks.startup_bench",
 }
 
 

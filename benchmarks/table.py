@@ -4,7 +4,8 @@ Runs, in one process and one go: feature throughput and per-window cost (``featu
 building (``dataset``), every model but the slow gradient boosting (``train``), the daemon's
 per-frame overhead, end-to-end frames/s and memory over a soak (``device``), the status API
 under concurrent clients while the pipeline runs (``load``), replay's throughput and the cost of
-resampling a window (``replay``), and the activity stage's cost per frame (``activities``). Each
+resampling a window (``replay``), the activity stage's cost per frame (``activities``), and how
+long every command takes to answer ``--help`` against the bare interpreter (``startup``). Each
 row comes from the same ``measure()`` its benchmark's own command uses (``python -m benchmarks NAME
 --help`` for one benchmark in detail). The default sizes keep the whole run around ten minutes on two cores;
 ``--soak-seconds`` lengthens the memory soak, ``--quick`` shrinks everything to check that the
@@ -57,6 +58,8 @@ class Sizes:
     quiet_seconds: float | None = None
     single_seconds: float | None = None
     activity_frames: int | None = None
+    startup_repeat: int | None = None
+    startup_commands: tuple[str, ...] | None = None  # None: every command of the three packages
 
 
 QUICK = Sizes(
@@ -77,6 +80,8 @@ QUICK = Sizes(
     quiet_seconds=1.0,
     single_seconds=1.0,
     activity_frames=200,
+    startup_repeat=1,
+    startup_commands=("device", "trainer", "provisioning"),
 )
 
 
@@ -111,6 +116,7 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         feature_bench,
         load_bench,
         replay_bench,
+        startup_bench,
         train_bench,
     )
     from benchmarks.daemon_process import train_model
@@ -158,6 +164,8 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         step("replay", lambda: replay_bench.measure(model, **replay).rows())
         activities = given(frames=s.activity_frames)
         step("activities", lambda: activity_bench.measure(model, **activities).rows())
+    startup = given(repeat=s.startup_repeat, commands=s.startup_commands)
+    step("startup", lambda: startup_bench.measure(**startup).rows())
     return rows
 
 

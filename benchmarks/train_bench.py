@@ -26,10 +26,11 @@ from benchmarks.rows import Row, render_text
 from benchmarks.samples import BODY25_TABLE
 from device.features import FeatureEngine, FeatureSpec
 from device.keypoints import BODY25_JOINTS, JOINT_INDEX, read_body25_table
-from trainer.estimators import DEFAULT_MODEL, MODELS, build_pipeline, deployable
+from trainer.estimators import MODELS, build_pipeline, deployable
 from trainer.evaluate import held_out_metrics
 from trainer.examples import Examples
 from trainer.splits import make_split
+from trainer.train_options import DEFAULT_MODEL
 
 SEED = 0
 LATENCY_CALLS = 200

@@ -1,5 +1,8 @@
-"""``python -m device <command>``: run the kiosk daemon, check its configuration, manage its models,
-replay videos as a kiosk would."""
+"""``python -m device <command>`` (``movement-device``): run the kiosk daemon, check its
+configuration, manage its models, replay videos as a kiosk would.
+
+The commands import what they need when they run (pydantic, the model store, MediaPipe), so
+``--help`` and a usage error answer at once."""
 
 from __future__ import annotations
 
@@ -9,11 +12,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device import logs, replay
 from device.cli import Command, ExitStatus, run_cli
-from device.config import ConfigError, load_config
-from device.model.store import ModelRejected, ModelStore, StoreError
+
+if TYPE_CHECKING:
+    from device.config import Config
 
 log = logging.getLogger("device")
 
@@ -29,8 +34,21 @@ Examples:
 CHECK_HELP = """\
 Validate a configuration file without running anything; prints the effective settings.
 
+Besides the keys and values, every file and device the configuration names is checked as the
+daemon will use it: the trusted keys load as Ed25519 public keys, the bundle exists and verifies
+with them, the video files open, the camera device exists and can be opened by this user, the
+pose model is a usable .task file, the TLS files can be read, and the state and outbox folders
+exist or can be created. Run it as the user the daemon runs as: permissions are checked for the
+user running the check. Each problem is one line; the exit status is 2 when there is any.
+
+--offline checks only keys and values: for a configuration written on a workstation for another
+machine (`python -m provisioning init-device` makes such files), whose paths and devices exist
+only there.
+
 Examples:
   python -m device check-config /etc/movement-edge/device.toml
+  sudo -u movement-edge venv/bin/python -m device check-config /etc/movement-edge/device.toml
+  python -m device check-config kiosks/kiosk-1/device.toml --offline
 """
 
 
@@ -59,8 +77,23 @@ def _config_argument(parser: argparse.ArgumentParser, flag: bool) -> None:
         parser.add_argument("config", type=Path, help="the device TOML file")
 
 
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_argument(parser, False)
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="check keys and values only, not the files and devices (a config for another machine)",
+    )
+
+
+def _load_config(path: Path) -> Config:
+    from device.config import load_config  # pydantic: for the commands that read a config, not --help
+
+    return load_config(path)
+
+
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = _load_config(args.config)
     logs.configure(config.device.log_level)
     from device.daemon import build  # the heavy imports (MediaPipe, Flask) only when running
 
@@ -81,8 +114,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    print(f"{args.config}: OK")
+    from device.config_check import check_files
+
+    config = _load_config(args.config)
+    problems = [] if args.offline else check_files(config)
+    for problem in problems:
+        print(f"device check-config: error: {args.config}: {problem}", file=sys.stderr)
+    if problems:
+        return ExitStatus.USAGE
+    checked = "files and devices not checked: --offline" if args.offline else "files and devices too"
+    print(f"{args.config}: OK ({checked})")
     print(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}, "http": {"token"}}))
     return ExitStatus.OK
 
@@ -101,7 +142,9 @@ def _models_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def models(args: argparse.Namespace) -> int:
-    store = ModelStore.from_config(load_config(args.config))
+    from device.model.store import ModelStore
+
+    store = ModelStore.from_config(_load_config(args.config))
     if args.action == "list":
         rows = store.list()
         for row in rows:
@@ -123,7 +166,7 @@ def models(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": Command("run the kiosk daemon", RUN_HELP, lambda p: _config_argument(p, True), run),
     "check-config": Command(
-        "validate a configuration file", CHECK_HELP, lambda p: _config_argument(p, False), check_config
+        "validate a configuration file and what it names", CHECK_HELP, _check_arguments, check_config
     ),
     "models": Command("install, list or activate model versions", MODELS_HELP, _models_arguments, models),
     "replay": Command(
@@ -138,7 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The movement classification kiosk daemon.",
         COMMANDS,
         argv,
-        user_errors=(ConfigError, ModelRejected, StoreError, *replay.USER_ERRORS),
+        user_errors=(
+            "device.config:ConfigError",
+            "device.model.store:ModelRejected",
+            "device.model.store:StoreError",
+            *replay.USER_ERRORS,
+        ),
     )
 
 

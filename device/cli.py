@@ -1,19 +1,30 @@
 """The command-line boundary shared by ``device``, ``trainer`` and ``provisioning``.
 
 One exit-code enum and one place that turns exceptions into messages: commands raise
-:class:`UsageError` (or a domain error listed in ``USER_ERRORS``) deep inside, and
+:class:`UsageError` (or a domain error listed in ``user_errors``) deep inside, and
 :func:`run_cli` prints a one-line message on stderr and returns the status. No traceback for a
-user mistake; ``--traceback`` re-raises for developers.
+user mistake; ``--traceback`` re-raises for developers. argparse's own complaints (an unknown
+option, an invalid choice) are user mistakes too and get the same single line.
+
+Starting must be quick: ``--help`` or ``keygen`` should not wait seconds for MediaPipe or
+scikit-learn to load. So a command's help and options live in light modules, its run function
+may be named as ``"module:function"`` (:func:`lazy`), imported only when the command runs, and
+domain errors are named the same way: an exception of a class whose module was never imported
+cannot have been raised, so nothing needs importing to recognise it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NoReturn
+
+from device import logs
 
 
 class ExitStatus(IntEnum):
@@ -29,6 +40,9 @@ class UsageError(Exception):
     """A user mistake: the message names the file or option and says what is wrong."""
 
 
+Run = Callable[[argparse.Namespace], int]
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: how to declare its options and how to run it."""
@@ -36,11 +50,46 @@ class Command:
     help: str
     description: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+    run: Run
+
+
+def lazy(target: str) -> Run:
+    """A run function named ``"package.module:function"``, imported when the command runs.
+
+    The module of a command's work may import MediaPipe, OpenCV or scikit-learn (seconds);
+    declaring the command must not, or every ``--help`` pays for them.
+    """
+    module, _, name = target.partition(":")
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return run
+
+
+class _ParserError(Exception):
+    """argparse's complaint about the command line, raised instead of its usage-and-exit."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors reach :func:`run_cli` instead of printing the usage.
+
+    argparse prints a dozen lines of usage before its one line of error and exits from inside
+    the parser; every other mistake here is one line and a status, so this one is too.
+    Subparsers are made with the parent's class, so this covers every level of every command.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParserError(self.prog, message)
 
 
 def build_parser(prog: str, description: str, commands: dict[str, Command]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    """The whole command line of one package: its commands with their options and help."""
+    parser = _Parser(prog=prog, description=description)
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in commands.items():
@@ -55,16 +104,38 @@ def build_parser(prog: str, description: str, commands: dict[str, Command]) -> a
     return parser
 
 
+def _is_user_error(exc: BaseException, names: Sequence[str]) -> bool:
+    """Whether ``exc`` is one of the classes named ``"module:Class"``, importing nothing."""
+    for name in names:
+        module_name, _, class_name = name.partition(":")
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
+
+
 def run_cli(
     prog: str,
     description: str,
     commands: dict[str, Command],
     argv: Sequence[str] | None = None,
-    user_errors: tuple[type[BaseException], ...] = (),
+    user_errors: Sequence[str] = (),
 ) -> int:
-    """Parse ``argv``, run the chosen command and map failures to an :class:`ExitStatus`."""
+    """Parse ``argv``, run the chosen command and map failures to an :class:`ExitStatus`.
+
+    ``user_errors`` name further exception classes (``"module:Class"``) that are the user's
+    mistake, reported like :class:`UsageError`. Without ``argv`` the process's own command line
+    is parsed: the process is the command, so its stderr is filtered of native log chatter
+    (:func:`device.logs.quiet_native_logs`) before anything could load MediaPipe or TFLite.
+    """
+    if argv is None:
+        logs.quiet_native_logs()
     parser = build_parser(prog, description, commands)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _ParserError as exc:
+        print(f"{exc.prog}: error: {exc} (see --help)", file=sys.stderr)
+        return ExitStatus.USAGE
     try:
         return int(args._run(args))
     except KeyboardInterrupt:
@@ -73,8 +144,8 @@ def run_cli(
     except BrokenPipeError:  # the reader went away (`... | head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ExitStatus.OK
-    except (UsageError, *user_errors) as exc:
-        if args.traceback:
+    except Exception as exc:
+        if args.traceback or not (isinstance(exc, UsageError) or _is_user_error(exc, user_errors)):
             raise
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return ExitStatus.USAGE

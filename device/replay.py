@@ -25,9 +25,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from device.activities import ActivityEvent
@@ -39,16 +38,18 @@ from device.annotations import (
     match_annotations,
     read_annotations,
 )
-from device.classifier import Classifier
 from device.cli import ExitStatus, UsageError
-from device.counting import AnnotatedRep, RepAnnotationError, count_rows, read_rep_annotations, summary
+from device.counting import AnnotatedRep, count_rows, read_rep_annotations, summary
 from device.decisions import Output
-from device.model.store import ModelRejected
-from device.overlay import draw_view
 from device.prediction import Prediction
 from device.scoring import Score, published_per_frame, score
-from device.sources import SourceError, VideoFileSource, paced
 from device.status import LiveView, counter_text
+
+if TYPE_CHECKING:  # imported where they run: OpenCV and MediaPipe must not slow `device --help`
+    import cv2
+
+    from device.classifier import Classifier
+    from device.sources import VideoFileSource
 
 HELP = """\
 Run a signed model bundle on video files exactly as a kiosk would, and write what the kiosk would
@@ -77,6 +78,7 @@ annotated count, the share within one (off-by-one accuracy) and the timing error
 """
 
 VIDEO_SUFFIX = ".replay.mp4"
+MAX_PEOPLE = 5  # as the daemon's pose.num_poses
 
 
 @dataclass
@@ -117,6 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fps", type=float, metavar="F", help="replay as a kiosk processing F frames/s")
     parser.add_argument(
+        "--people",
+        type=int,
+        metavar="N",
+        help="follow up to N people, each with a track id and decisions of their own (default: the "
+        "largest person only, as person 1)",
+    )
+    parser.add_argument(
         "--out", type=Path, metavar="FILE.jsonl", help="write the lines here (default stdout)"
     )
     parser.add_argument(
@@ -141,7 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
-    classifier = Classifier.open(args.bundle, args.trusted_key)  # source time: the same on every run
+    from device.classifier import Classifier
+    from device.pose import PoseOptions  # MediaPipe: only once a replay really runs
+    from device.sources import SourceError
+
+    pose = PoseOptions(num_poses=args.people) if args.people else None
+    # source time: the same on every run
+    classifier = Classifier.open(args.bundle, args.trusted_key, pose=pose, everyone=args.people is not None)
     truth = _annotated_labels(args, classifier) if args.annotations else None
     reps = read_rep_annotations(args.reps) if args.reps else None
     replayed: list[Replayed] = []
@@ -168,8 +183,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Every mistake in the options, before any work (and before any file is written)."""
+    from device.sources import SourceError, VideoFileSource
+
     if args.fps is not None and not 0 < args.fps <= 1000:
         raise UsageError(f"--fps {args.fps:g}: must be a frame rate above 0 (and at most 1000)")
+    if args.people is not None and not 1 <= args.people <= MAX_PEOPLE:
+        raise UsageError(f"--people {args.people}: must be 1 to {MAX_PEOPLE}")
     if (args.annotations is None) != (args.labels is None):
         raise UsageError("--annotations and --labels go together: the mapping names the model's label column")
     if not args.bundle.is_file():
@@ -209,6 +228,9 @@ def _annotated_labels(args: argparse.Namespace, classifier: Classifier) -> dict[
 
 
 def _replay(classifier: Classifier, video: Path, args: argparse.Namespace, lines: _Lines) -> Replayed:
+    from device.overlay import draw_view
+    from device.sources import VideoFileSource, paced
+
     result = Replayed(video)
     with VideoFileSource(video) as source, _rendering(video, source, args) as render:
         lines.write(video.name, classifier.new_clip(), result)
@@ -257,6 +279,8 @@ def _rendering(
     video: Path, source: VideoFileSource, args: argparse.Namespace
 ) -> Iterator[cv2.VideoWriter | None]:
     """A video writer at the source's size and rate, renamed into place once the video is done."""
+    import cv2
+
     if args.video_out is None:
         yield None
         return
@@ -371,4 +395,9 @@ def _describe(result: Score) -> str:
     )
 
 
-USER_ERRORS = (ModelRejected, AnnotationError, RepAnnotationError)
+USER_ERRORS = (
+    "device.model.store:ModelRejected",
+    "device.annotations:AnnotationError",
+    "device.counting:RepAnnotationError",
+)
+"""What replay's users get wrong, named as ``device.cli.run_cli`` takes them."""

@@ -1,4 +1,5 @@
-"""``python -m provisioning <command>``: prepare kiosks and deliver models to the fleet."""
+"""``python -m provisioning <command>`` (``movement-provision``): prepare kiosks and deliver models
+to the fleet. MLflow is imported only for ``models:/`` URIs (:mod:`provisioning.registry`)."""
 
 from __future__ import annotations
 

@@ -107,7 +107,8 @@ def _check_fleet(path: Path, name: str) -> None:
 
 INIT_DESCRIPTION = """\
 Prepare a new kiosk: write into DIR
-  device.toml        its configuration (python -m device check-config accepts it): HTTP on every
+  device.toml        its configuration (python -m device check-config --offline accepts it here,
+                     and without --offline on the kiosk, camera and files in place): HTTP on every
                      interface with the token stored as its SHA-256, the trusted keys beside it
   *.pub              copies of the trusted public keys (--trusted-key)
   NAME.token         the bearer token in clear, mode 0600: stays on the workstation for `push`
@@ -195,7 +196,8 @@ def run_init(args: argparse.Namespace) -> int:
     written = datetime.now(UTC).replace(microsecond=0).isoformat()
     header = (
         f'movement-edge kiosk "{args.name}", written by `python -m provisioning init-device` at {written}.\n'
-        "Check: python -m device check-config device.toml. Relative paths are relative to this file.\n"
+        "Check: python -m device check-config device.toml (--offline away from the kiosk). "
+        "Relative paths are relative to this file.\n"
         f"The HTTP token is stored as its SHA-256; the token is in {args.name}.token on the workstation."
     )
     out.mkdir(parents=True, exist_ok=True)

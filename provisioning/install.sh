@@ -215,7 +215,8 @@ if [ -n "$CONFIG" ]; then
     done
 fi
 if [ -f "$ETC/device.toml" ] && [ "$VENV" -eq 1 ]; then
-    "$APP/venv/bin/python" -m device check-config "$ETC/device.toml" >/dev/null ||
+    # --offline: keys and values only; the camera, state folder and bundle may not be there yet
+    "$APP/venv/bin/python" -m device check-config --offline "$ETC/device.toml" >/dev/null ||
         die "${ETC#"$ROOT"}/device.toml is not valid (the message above says why)"
 fi
 

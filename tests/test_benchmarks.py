@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHES = ["features", "dataset", "train", "device", "memory", "load", "replay", "activities"]
+BENCHES = ["features", "dataset", "train", "device", "memory", "load", "replay", "activities", "startup"]
 
 
 def benchmarks(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -44,6 +44,10 @@ def test_quick_table_has_every_benchmark_with_its_baseline_and_ratio(tmp_path: P
     assert {r["bench"] for r in rows if not r["same_run"]} == {"dataset"}
     errors = next(r for r in rows if r["bench"] == "load" and "failed requests" in r["measure"])
     assert errors["value"] == 0, done.stdout
+    # --quick times each package's --help once, against the bare interpreter
+    startup = [r["measure"] for r in rows if r["bench"] == "startup"]
+    packages = ("device", "trainer", "provisioning")
+    assert startup == [f"python -m {package} --help, best of 1" for package in packages]
     # the terminal shows the same rows
     for row in rows:
         assert row["measure"] in done.stdout
@@ -56,6 +60,7 @@ def test_quick_table_has_every_benchmark_with_its_baseline_and_ratio(tmp_path: P
         (["table", "--out", "{tmp}/missing/table.md"], "folder {tmp}/missing does not exist"),
         (["table", "--soak-seconds", "-1"], "--soak-seconds must be 0 or more"),
         (["load", "--clients", "0"], "--clients must be 1 or more"),
+        (["startup", "--repeat", "0"], "--repeat must be 1 or more"),
         (["nonsense"], "unknown benchmark 'nonsense'"),
     ],
 )

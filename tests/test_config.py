@@ -8,6 +8,8 @@ import pytest
 
 from device.__main__ import main
 from device.config import ConfigError, load_config, parse_config
+from trainer.__main__ import main as trainer
+from trainer.recipes import PoseBundle
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {"source": {"kind": "file", "paths": ["walk.mp4"]}}
@@ -91,14 +93,105 @@ def test_check_config_reports_one_line_and_status_2(
 
 
 def test_check_config_accepts_a_good_file_and_hides_secrets(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, squats: Path
 ) -> None:
     monkeypatch.setenv("MOVEMENT_EDGE_HTTP_TOKEN", "do-not-print")
     path = tmp_path / "device.toml"
-    path.write_text('[source]\nkind = "camera"\n')
+    path.write_text(f'[device]\nstate_dir = "state"\n[source]\nkind = "file"\npaths = ["{squats}"]\n')
     assert main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "OK" in out and "do-not-print" not in out
+    assert "OK (files and devices too)" in out and "do-not-print" not in out
+
+
+# --------------------------------------------------------------------------- what the config names
+
+
+def write_config(folder: Path, source: str, model: str = "") -> Path:
+    """A device.toml in ``folder`` with its own state folder, the given [source] and [model] bodies."""
+    path = folder / "device.toml"
+    path.write_text(f'[device]\nstate_dir = "state"\n[source]\n{source}\n[model]\n{model}\n')
+    return path
+
+
+def check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
+    status = main(["check-config", *argv])
+    return status, capsys.readouterr().err.splitlines()
+
+
+def test_check_config_names_every_missing_file_on_a_line_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], squats: Path
+) -> None:
+    (tmp_path / "pose.task").write_text("not a zip")
+    source = f'kind = "file"\npaths = ["{squats}", "gone.mp4"]'
+    model = 'bundle = "model.zip"\ntrusted_keys = ["signing.pub"]'
+    path = write_config(tmp_path, source, model)
+    with path.open("a") as config:
+        config.write('[pose]\nmodel = "pose.task"\n')
+
+    status, lines = check(capsys, str(path))
+    assert status == 2
+    prefix = f"device check-config: error: {path}: "
+    assert all(line.startswith(prefix) for line in lines), lines
+    assert [line.removeprefix(prefix) for line in lines] == [
+        f"source.paths.1 {tmp_path / 'gone.mp4'}: No such file or directory",
+        f"pose.model {tmp_path / 'pose.task'}: not a pose landmarker .task bundle (File is not a zip file); "
+        "pass a valid pose landmarker .task file with --pose-model",
+        f"model.trusted_keys.0 {tmp_path / 'signing.pub'}: cannot read (No such file or directory)",
+        f"model.bundle {tmp_path / 'model.zip'}: No such file or directory",
+    ]
+
+    assert main(["check-config", str(path), "--offline"]) == 0  # written for another machine
+    assert "OK (files and devices not checked: --offline)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ('kind = "camera"\ndevice = 99', "source.device 99: /dev/video99 does not exist: no camera there"),
+        ('kind = "camera"\ndevice = "/dev/video99"', "source.device /dev/video99: /dev/video99 does not"),
+        ('kind = "file"\npaths = ["device.toml"]', "source.paths.0 {tmp}/device.toml: cannot open as"),
+    ],
+)
+def test_a_camera_or_video_the_daemon_cannot_open_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, problem: str
+) -> None:
+    status, lines = check(capsys, str(write_config(tmp_path, source)))
+    assert status == 2 and len(lines) == 1 and problem.format(tmp=tmp_path) in lines[0]
+
+
+def test_state_and_outbox_folders_must_be_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], squats: Path
+) -> None:
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    path = tmp_path / "device.toml"
+    path.write_text(
+        f'[device]\nstate_dir = "taken/state"\n[source]\nkind = "file"\npaths = ["{squats}"]\n'
+        '[outbox]\npath = "taken/outbox.sqlite"\n'
+    )
+    status, lines = check(capsys, str(path))
+    taken = tmp_path / "taken"
+    assert status == 2 and [line.split(f"{path}: ", 1)[1] for line in lines] == [
+        f"device.state_dir {taken / 'state'}: {taken} is not a folder",
+        f"outbox.path {taken / 'outbox.sqlite'}: {taken} is not a folder",
+    ]
+
+
+def test_the_bundle_must_verify_with_the_trusted_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pose_model: PoseBundle, squats: Path
+) -> None:
+    source = f'kind = "file"\npaths = ["{squats}"]'
+    good = f'bundle = "{pose_model.bundle}"\ntrusted_keys = ["{pose_model.public_key}"]'
+    assert check(capsys, str(write_config(tmp_path, source, good))) == (0, [])
+
+    assert trainer(["keygen", "--out", str(tmp_path / "other")]) == 0
+    other = f'bundle = "{pose_model.bundle}"\ntrusted_keys = ["other/signing.pub"]'
+    status, lines = check(capsys, str(write_config(tmp_path, source, other)))
+    assert status == 2 and len(lines) == 1
+    assert f"model.bundle {pose_model.bundle}: signature: manifest.sig does not verify" in lines[0]
+
+    unsigned = f'bundle = "{pose_model.bundle}"'
+    status, lines = check(capsys, str(write_config(tmp_path, source, unsigned)))
+    assert status == 2 and "no model.trusted_keys to verify it with" in lines[0]
 
 
 def test_a_missing_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

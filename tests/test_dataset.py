@@ -495,6 +495,11 @@ ERROR_CASES = {
         [*WINDOW_STEP, "--pool", "mean,median"],
         "--pool mean,median: name one",
     ),
+    "window longer than every video": (
+        inputs,
+        ["--strategy", "sliding_window", "--window", "500", "--window-label", "step_type"],
+        "no rows to write: --window 500 is longer than the longest video (example_video, 382 frames)",
+    ),
     "zero window": (
         inputs,
         [*WINDOW_STEP[:2], "--window", "0", *WINDOW_STEP[4:]],

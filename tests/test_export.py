@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from test_bundle import SPEC, real_examples
 
+from device.__main__ import main as device
 from device.model.bundle import key_id, load_private_key, load_public_key, open_bundle
 from device.model.runtimes import TFLiteRuntime, load_runtime, load_skops
 from trainer.__main__ import main
@@ -217,12 +218,11 @@ def test_keygen_writes_a_private_pem_only_its_owner_reads(
 # --------------------------------------------------------------------------- export -> verify
 
 
-def verify_output(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    """The manifest ``verify`` printed; its last line must be OK."""
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == "OK"
-    assert lines[-2].startswith("signed by key ")
-    return json.loads("\n".join(lines[:-2]))
+def verify_json(capsys: pytest.CaptureFixture[str], bundle: Path, public_key: Path) -> dict[str, Any]:
+    """The whole manifest ``verify --json`` printed: JSON and nothing else."""
+    capsys.readouterr()
+    assert main(["verify", str(bundle), "--pub", str(public_key), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
 
 
 @pytest.mark.parametrize(
@@ -249,12 +249,12 @@ def test_export_writes_a_bundle_that_verifies_and_predicts_like_the_pipeline(
     out = tmp_path / "model.zip"
     assert main(["export", str(runs[run]), "--out", str(out), "--key", str(keys[0]), *extra]) == 0
     assert "verified" in capsys.readouterr().out
-    assert main(["verify", str(out), "--pub", str(keys[1])]) == 0
-    shown = verify_output(capsys)
+    shown = verify_json(capsys, out, keys[1])
     assert shown["runtime"] == runtime and shown["model_file"] == model_file
-    assert shown["samples"] == "<20 sample rows elided>"
+    assert len(shown["samples"]["rows"]) == 20
 
     bundle = open_bundle(out, [load_public_key(keys[1])])
+    assert shown == json.loads(bundle.manifest_bytes)  # the manifest as signed
     manifest = bundle.manifest
     info = json.loads((runs[run] / "run.json").read_text())
     assert zipfile.ZipFile(out).namelist() == ["manifest.json", model_file, "manifest.sig"]
@@ -607,6 +607,41 @@ def test_verify_names_the_failing_check(
     assert message in one_error_line(capsys, "verify")
 
 
+def test_verify_says_what_the_bundle_is_in_a_few_lines(
+    runs: dict[str, Path], keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model.zip"
+    argv = ["export", str(runs["forest"]), "--out", str(out), "--key", str(keys[0]), "--model-id", "poses"]
+    assert main([*argv, "--version", "4.1", "--threshold", "0.6", "--smoothing", "mean:0.5"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--pub", str(keys[1])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    signer = key_id(load_public_key(keys[1]))
+    assert lines[0].startswith("model       poses 4.1 (sklearn, ")
+    assert lines[1:6] == [
+        f"labels      4: {', '.join(MULTI)}",
+        "window      none: each frame is classified on its own",
+        "decision    threshold 0.6, smoothing: mean over 0.5 s, no person: skip",
+        "activities  none",
+        f"signed by   key {signer}; the 20 sample rows reproduced within 0",
+    ]
+    assert lines[6:] == ["OK"]
+
+
+def test_a_signature_refusal_names_the_bundles_key_and_the_trusted_ones(
+    tflite_bundle: Path, keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keygen", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    other = tmp_path / "signing.pub"
+    assert main(["verify", str(tflite_bundle), "--pub", str(other)]) == 2
+    signed, trusted = key_id(load_private_key(keys[0])), key_id(load_public_key(other))
+    assert one_error_line(capsys, "verify") == (
+        f"{tflite_bundle}: signature: manifest.sig does not verify with any trusted key "
+        f"(the bundle names key {signed}; trusted: {trusted} ({other}))"
+    )
+
+
 def test_verify_accepts_any_of_several_trusted_keys(
     tflite_bundle: Path, keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -616,6 +651,29 @@ def test_verify_accepts_any_of_several_trusted_keys(
         == 0
     )
     assert capsys.readouterr().out.strip().endswith("OK")
+
+
+def test_a_hand_picked_version_after_a_default_one_is_refused_with_the_way_out(
+    runs: dict[str, Path], keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "device.toml"
+    config.write_text(
+        f'[device]\nstate_dir = "state"\n[source]\nkind = "camera"\n[model]\ntrusted_keys = ["{keys[1]}"]\n'
+    )
+    export = ["export", str(runs["forest"]), "--key", str(keys[0]), "--model-id", "poses", "--out"]
+    assert main([*export, str(tmp_path / "default.zip")]) == 0
+    assert main([*export, str(tmp_path / "three.zip"), "--version", "3.0.0"]) == 0
+    assert device(["models", "install", str(tmp_path / "default.zip"), "--config", str(config)]) == 0
+    active = open_bundle(tmp_path / "default.zip", [load_public_key(keys[1])]).manifest.version
+    assert re.fullmatch(r"\d{4}\.\d\d\.\d\d\.\d{6}", active)  # the time of export
+    capsys.readouterr()
+
+    assert device(["models", "install", str(tmp_path / "three.zip"), "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"device models: error: compatibility: version 3.0.0 is older than the active {active} (versions "
+        "compare number by number from the left); export it with a higher version, or force the downgrade "
+        "(--force on push or models install, or activate a stored version)"
+    )
 
 
 @pytest.mark.parametrize("command", ["keygen", "export", "verify"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -12,12 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DATA, REPO
+from tqdm import tqdm
 
 from device.keypoints import read_frames_jsonl
 from device.pose import PoseOptions, main_pose
 from device.sources import SourceError, VideoFileSource
 from trainer.__main__ import main
-from trainer.extract import ExtractOptions, Outcome, extract_video, find_videos
+from trainer.extract import (
+    ExtractOptions,
+    FrameProgress,
+    Outcome,
+    announced_frames,
+    extract_video,
+    find_videos,
+)
 
 VIDEOS = DATA / "videos"
 SQUATS, DANCE = VIDEOS / "squats.mp4", VIDEOS / "dance.mp4"
@@ -210,6 +219,23 @@ def test_finds_videos_once_each(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     found = find_videos([tmp_path, tmp_path / "a.M4V"])
     assert [p.name for p in found] == ["a.M4V", "b.mkv"]
+
+
+def test_the_progress_total_is_every_videos_frames_before_any_starts(tmp_path: Path) -> None:
+    (tmp_path / "broken.mp4").write_bytes(b"\x00 not a video")
+    announced = [announced_frames(v) for v in (SQUATS, DANCE, VIDEOS / "example_video.webm")]
+    assert announced == [65, 102, 382]  # from the containers' headers, nothing decoded
+    assert announced_frames(tmp_path / "broken.mp4") == 0  # its worker reports it as failed
+
+    bar = tqdm(total=0, file=io.StringIO())
+    progress = FrameProgress(bar, {0: 65, 1: 102})
+    assert bar.total == 167
+    progress.advance(1, 10, 102)  # the second video starts first: the total does not move
+    progress.advance(0, 65, 65)
+    assert bar.total == 167 and bar.n == 75
+    progress.finish(1, 80)  # a video that ends short takes the total down with it, so the bar ends full
+    progress.finish(0, 65)
+    assert bar.total == bar.n == 145
 
 
 def test_video_file_source_frames() -> None:

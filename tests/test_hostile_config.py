@@ -18,7 +18,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.config import SECRET_ENV, Config, ConfigError, FileSource, load_config, parse_config
+from device.config import (
+    SECRET_ENV,
+    Config,
+    ConfigError,
+    FileSource,
+    StationSection,
+    load_config,
+    parse_config,
+)
 
 CONFIG = settings(max_examples=200, deadline=None)
 UTF8 = st.characters(codec="utf-8")  # what a TOML file can hold (no lone surrogates)
@@ -29,8 +37,12 @@ BASE: dict[str, Any] = {
     "mqtt": {"host": "127.0.0.1", "port": 1883, "username": "kiosk"},
     "http": {"port": 8080},
 }
-SECTIONS = {
-    name: list((FileSource if name == "source" else field.annotation).model_fields)  # type: ignore[union-attr]
+SECTIONS = {  # the tables of the file and their keys (``[[stations]]`` entries: StationSection's)
+    name: list(
+        (
+            FileSource if name == "source" else StationSection if name == "stations" else field.annotation
+        ).model_fields  # type: ignore[union-attr]
+    )
     for name, field in Config.model_fields.items()
 }
 SCALARS = st.one_of(
@@ -87,6 +99,9 @@ def changed_configs(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
         config[section] = draw(VALUES)
         return config, section
     key = draw(st.one_of(st.sampled_from(SECTIONS[section]), st.text(UTF8, min_size=1, max_size=8)))
+    if section == "stations":  # an array of tables: one valid station with the drawn key changed
+        config["stations"] = [{"name": "mat", "polygon": [[0, 0], [9, 0], [9, 9]], key: draw(VALUES)}]
+        return config, f"{section}.{key}"
     config.setdefault(section, {})[key] = draw(VALUES)
     return config, f"{section}.{key}"
 

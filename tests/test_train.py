@@ -35,12 +35,13 @@ from device.keypoints import BODY25_JOINTS, JOINT_INDEX, read_body25_table
 from device.model.bundle import load_public_key, open_bundle
 from device.model.runtimes import check_skops_types
 from trainer.__main__ import main
-from trainer.estimators import DEFAULT_MODEL, MODELS, TRUSTED_TYPES, build_pipeline, deployable
+from trainer.estimators import BALANCERS, MODELS, TRUSTED_TYPES, build_pipeline, deployable
 from trainer.evaluate import held_out_metrics
 from trainer.examples import prepare
 from trainer.splits import make_split
 from trainer.table import read_table
 from trainer.train import write_run_dir
+from trainer.train_options import BALANCE_CHOICES, DEFAULT_MODEL, MODEL_SUMMARIES
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = {"model.skops", "run.json", "test_rows.npz", "metrics.json", "report.html"}
@@ -218,6 +219,25 @@ def test_report_is_self_contained_with_its_pictures(body25_run) -> None:
     assert "Yoga_Warrior2_left" in html
     # single poses: every video_id holds one row, so no video shares the split and none has a timeline
     assert "class=warning" not in html and "<svg" not in html
+
+
+def test_report_shows_parameters_as_a_table_and_says_what_each_metric_measures(body25_run) -> None:
+    out, _ = body25_run
+    html = (out / "report.html").read_text()
+    run, _, _ = load_run(out)
+    settings = html[html.index("<h2>Run settings") : html.index("<h2>Confusion matrix")]
+    assert "{" not in settings, "no raw JSON"
+    assert "<h2>Model parameters</h2>" in settings and "<td>max_iter</td><td>5000</td>" in settings
+    assert all(f"<td>{escape(name)}</td>" in settings for name in run["params"])
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>[^<]+</td><td>([^<]*)</td></tr>", settings)
+    metrics = ["accuracy", "balanced accuracy", "macro F1", "ROC-AUC", "MCC", "CV macro F1"]
+    assert [name for name, _ in rows][: len(metrics)] == metrics
+    assert all(meaning.endswith(".") for _, meaning in rows), rows  # one plain sentence for each
+
+
+def test_the_help_offers_exactly_what_training_knows() -> None:
+    assert set(MODEL_SUMMARIES) == set(MODELS) and DEFAULT_MODEL in MODELS
+    assert set(BALANCE_CHOICES) == set(BALANCERS)
 
 
 def test_auto_split_takes_single_poses_for_what_they_are(body25: Path) -> None:

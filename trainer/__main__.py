@@ -1,4 +1,9 @@
-"""``python -m trainer <command>``: the workstation's commands, one module each."""
+"""``python -m trainer <command>`` (``movement-trainer``): the workstation's commands, one module each.
+
+Each command's module declares its options and help without importing MediaPipe, OpenCV,
+scikit-learn or pyarrow, which its run function imports when it runs: ``--help``, ``keygen`` and
+a mistyped option answer at once (``python -m benchmarks startup`` measures it).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from device.cli import Command, run_cli
-from device.features import FeatureSpecError
-from device.keypoints import KeypointFileError
-from device.pose import PoseModelError
-from device.sources import SourceError
-from trainer import dataset, export, extract, features_command, train
+from trainer import dataset, export, extract, features_command, train_options
 
 COMMANDS: dict[str, Command] = {
     "extract": extract.COMMAND,
     "features": features_command.COMMAND,
     "dataset": dataset.COMMAND,
-    "train": train.COMMAND,
+    "train": train_options.COMMAND,
     "export": export.EXPORT,
     "keygen": export.KEYGEN,
     "verify": export.VERIFY,
@@ -29,7 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Workstation tools: videos -> keypoints -> features -> datasets -> models -> signed bundles.",
         COMMANDS,
         argv,
-        user_errors=(KeypointFileError, FeatureSpecError, PoseModelError, SourceError),
+        user_errors=(
+            "device.keypoints:KeypointFileError",
+            "device.features:FeatureSpecError",
+            "device.pose:PoseModelError",
+            "device.sources:SourceError",
+        ),
     )
 
 

@@ -31,12 +31,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from device.annotations import (
@@ -77,7 +74,9 @@ from device.keypoints import (
     read_blazepose_table,
     read_body25_table,
 )
-from trainer.frame_files import read_frames
+
+if TYPE_CHECKING:  # pyarrow is imported where tables are read and written, not for --help
+    import pyarrow as pa
 
 DEFAULT_GROUPS: tuple[str, ...] = ("normalized", "angles", "distances")
 META_FORMAT = 1
@@ -398,6 +397,8 @@ def video_result(job: VideoJob, sequence: KeypointSequence) -> VideoResult:
 
 def build_video(job: VideoJob) -> VideoResult:
     """Read one video's keypoints and make its rows (what a worker process runs)."""
+    from trainer.frame_files import read_frames
+
     return video_result(job, read_frames(job.path))
 
 
@@ -481,10 +482,14 @@ class OutputFormat:
 
 
 def _write_csv(table: pa.Table, path: Path) -> None:
+    import pyarrow.csv as pa_csv
+
     pa_csv.write_csv(table, path, pa_csv.WriteOptions(quoting_style="needed"))
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
     pq.write_table(table, path)
 
 
@@ -513,6 +518,8 @@ def meta_path(out: Path) -> Path:
 
 
 def _arrow_table(rows: Rows, plan: Plan, decimals: int | None) -> pa.Table:
+    import pyarrow as pa
+
     values = rows.features if decimals is None else np.round(rows.features, decimals)
     values = np.asfortranarray(values)  # each column one contiguous block for pyarrow
     columns: dict[str, pa.Array] = {
@@ -605,6 +612,13 @@ def label_summary(rows: Rows, plan: Plan) -> dict[str, dict[str | None, int]]:
 def _collect(results: Sequence[VideoResult], plan: Plan) -> Rows:
     parts = [r.rows for r in results if r.rows is not None and len(r.rows)]
     if not parts:
+        longest = max(results, key=lambda r: r.frames, default=None)
+        window = plan.config.window
+        if window is not None and longest is not None and window > longest.frames:
+            raise DatasetError(
+                f"no rows to write: --window {window} is longer than the longest video "
+                f"({longest.video_id}, {longest.frames} frames)"
+            )
         skipped = sum(r.skipped for r in results)
         why = f"; {skipped} runs were shorter than --window {plan.config.window}" if skipped else ""
         raise DatasetError(f"no rows to write: no labeled frames or segments in {len(results)} videos{why}")

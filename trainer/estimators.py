@@ -48,9 +48,11 @@ SMOTE_NEIGHBORS = 5
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """One ``--model``: how to build it, what ``--search random`` samples, what skops must trust."""
+    """One ``--model``: how to build it, what ``--search random`` samples, what skops must trust.
 
-    summary: str
+    Its name and the line ``--help`` gives it are in :data:`trainer.train_options.MODEL_SUMMARIES`.
+    """
+
     build: Callable[[int], ClassifierMixin]
     space: Mapping[str, Any]
     trusted: tuple[str, ...] = ()
@@ -58,12 +60,10 @@ class ModelChoice:
 
 MODELS: dict[str, ModelChoice] = {
     "logistic_regression": ModelChoice(
-        "multinomial logistic regression: fast, small, calibrated; exports to TFLite",
         lambda seed: LogisticRegression(max_iter=5000, random_state=seed),
         {"C": loguniform(1e-3, 1e2), "class_weight": [None, "balanced"]},
     ),
     "hist_gradient_boosting": ModelChoice(
-        "histogram gradient boosting: strong on non-linear data; a tree per class and round",
         lambda seed: HistGradientBoostingClassifier(random_state=seed),
         {
             "learning_rate": loguniform(0.02, 0.3),
@@ -75,7 +75,6 @@ MODELS: dict[str, ModelChoice] = {
         ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",),
     ),
     "gradient_boosting": ModelChoice(
-        "classic gradient boosting: slow to fit and large with many classes",
         lambda seed: GradientBoostingClassifier(random_state=seed),
         {
             "n_estimators": randint(50, 300),
@@ -86,7 +85,6 @@ MODELS: dict[str, ModelChoice] = {
         ("sklearn.tree._tree.Tree",),
     ),
     "random_forest": ModelChoice(
-        "random forest: robust untuned; large artifact, slow per row",
         lambda seed: RandomForestClassifier(n_estimators=300, random_state=seed),
         {
             "n_estimators": randint(100, 500),
@@ -99,19 +97,16 @@ MODELS: dict[str, ModelChoice] = {
     # SVC(probability=True) is deprecated since scikit-learn 1.9; temperature scaling calibrates the
     # decision function without changing which class wins.
     "svm": ModelChoice(
-        "RBF support vector machine with temperature-scaled probabilities",
         lambda seed: CalibratedClassifierCV(SVC(random_state=seed), method="temperature", ensemble=False),
         {"estimator__C": loguniform(0.1, 100.0), "estimator__gamma": loguniform(1e-4, 1e-1)},
         ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._TemperatureScaling"),
     ),
     # brute force: the artifact then holds no KD/ball tree, whose skops types depend on the data
     "knn": ModelChoice(
-        "k nearest neighbours, distance-weighted; the artifact holds every training row",
         lambda seed: KNeighborsClassifier(n_neighbors=5, weights="distance", algorithm="brute"),
         {"n_neighbors": randint(1, 40), "weights": ["uniform", "distance"], "p": [1, 2]},
     ),
     "mlp": ModelChoice(
-        "two-layer neural network with early stopping; exports to TFLite",
         lambda seed: MLPClassifier(
             hidden_layer_sizes=(128, 64), early_stopping=True, max_iter=500, random_state=seed
         ),
@@ -123,7 +118,6 @@ MODELS: dict[str, ModelChoice] = {
         ("sklearn.neural_network._stochastic_optimizers.AdamOptimizer",),
     ),
 }
-DEFAULT_MODEL = "logistic_regression"
 
 TRUSTED_TYPES: tuple[str, ...] = tuple(
     sorted({"numpy.dtype", *(name for choice in MODELS.values() for name in choice.trusted)})

@@ -5,15 +5,20 @@ MLP becomes a TFLite model (checked against scikit-learn on every held-out row),
 travels as the run's skops file. The manifest is validated by the device's own schema before it
 is signed, and the written bundle is opened exactly as a device would open it (signature, hash,
 runtime, smoke test) before export reports success.
+
+scikit-learn's metrics and the TFLite converter are imported where a bundle is made, so that
+``keygen``, ``verify`` and every ``--help`` start without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,13 +29,14 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from device import __version__ as DEVICE_VERSION
 from device.cli import Command, ExitStatus, UsageError
 from device.documents import read_document
 from device.features import POOLS, FeatureSpec, FeatureSpecError, WindowSpec
 from device.model.bundle import (
+    MANIFEST,
+    MAX_MANIFEST_SIZE,
     MAX_SMOOTHING_S,
     MODEL_FILES,
     NO_PERSON_POLICIES,
@@ -56,7 +62,7 @@ from device.model.runtimes import (
 )
 from trainer import tracking
 from trainer.export_documents import ActivitiesFile, LabelNames
-from trainer.tflite import TFLiteConversionError, convert_pipeline, is_convertible
+from trainer.messages import some
 
 SAMPLE_ROWS = 20
 DEFAULT_SMOOTHING, DEFAULT_NO_PERSON = "none", "skip"
@@ -231,6 +237,8 @@ def _export_sklearn(run: Run) -> ExportedModel:
 
 def _export_tflite(run: Run) -> ExportedModel:
     """Convert the pipeline and refuse the result unless it matches scikit-learn on every test row."""
+    from trainer.tflite import TFLiteConversionError, convert_pipeline
+
     try:
         converted = convert_pipeline(run.reference.pipeline)
     except TFLiteConversionError as exc:
@@ -256,6 +264,8 @@ EXPORTERS: dict[str, Callable[[Run], ExportedModel]] = {"sklearn": _export_sklea
 def _runtime_name(run: Run, requested: str) -> str:
     if requested != "auto":
         return requested
+    from trainer.tflite import is_convertible
+
     return "tflite" if is_convertible(run.reference.pipeline) else "sklearn"
 
 
@@ -373,6 +383,8 @@ def held_out_threshold(labels: tuple[str, ...], truth: np.ndarray, probabilities
 
 def _metrics(run: Run, probabilities: np.ndarray) -> dict[str, float]:
     """Held-out scores of the model exactly as the device will run it."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
     predicted = np.asarray(run.labels)[np.argmax(probabilities, axis=1)]
     labels = list(run.labels)
     with warnings.catch_warnings():
@@ -485,8 +497,13 @@ With --mlflow (a run trained with `train --mlflow`, optional extra: pip install 
 bundle is also logged to that run (RUN_DIR/mlflow.json says where) and registered as a new version
 of --register NAME (default: the model train registered there), pointed at by --alias (default
 candidate); --model-id defaults to the model id train gave that bundle:
-  python -m trainer export runs/steps --out steps-3.zip --key keys/signing.key --version 3.0.0 \\
+  python -m trainer export runs/steps --out steps-3.zip --key keys/signing.key \\
       --smoothing hysteresis --mlflow --alias candidate
+
+Versions: a device installs a bundle only if its version is above the active one (a downgrade
+needs --force), comparing number by number from the left. The default, the UTC time of the
+export (2026.12.02.081500), is above every earlier default. Keep to one scheme per model: a
+hand-picked 3.0.0 is below any such time (3 < 2026), so give --version from the start or never.
 """
 
 
@@ -498,7 +515,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-id",
         help="model id on the devices (default: the target column; with --mlflow the one train registered)",
     )
-    parser.add_argument("--version", help="dotted-integer version (default: UTC time YYYY.MM.DD.HHMMSS)")
+    parser.add_argument(
+        "--version",
+        help="dotted-integer version (default: UTC time YYYY.MM.DD.HHMMSS; keep to one scheme, see above)",
+    )
     parser.add_argument("--window", type=int, metavar="W", help="frames per window (default: the run's)")
     parser.add_argument(
         "--stride", type=int, metavar="S", help="frames between windows (default: the run's, or 1)"
@@ -710,11 +730,14 @@ def _logged_run(args: argparse.Namespace) -> tracking.LoggedRun | None:
 VERIFY_DESCRIPTION = """\
 Check a bundle exactly as a device does: zip layout and sizes, the signature against the given
 public keys, the manifest schema, the model's sha256, loading the model, and the smoke test on
-the manifest's sample rows. Prints the manifest (samples elided) and OK, or the failing check.
+the manifest's sample rows. Prints what the bundle is (model id and version, runtime, labels,
+window, decision threshold, activities, signing key) and OK, or the failing check; --json prints
+the whole manifest instead.
 
 Examples:
   python -m trainer verify model.zip --pub keys/signing.pub
   python -m trainer verify model.zip --pub old/signing.pub --pub new/signing.pub
+  python -m trainer verify model.zip --pub keys/signing.pub --json > manifest.json
 """
 
 
@@ -723,6 +746,7 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pub", type=Path, action="append", required=True, help="trusted public key (repeatable)"
     )
+    parser.add_argument("--json", action="store_true", help="print the whole manifest (JSON) instead")
 
 
 def _public_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
@@ -732,18 +756,66 @@ def _public_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
         raise UsageError(f"--pub {exc.message}") from exc
 
 
+def _claimed_key_id(path: Path) -> str:
+    """The key id the (unverified) manifest names, only to say which key signed a refused bundle."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive, archive.open(MANIFEST) as member:
+            claimed = json.loads(member.read(MAX_MANIFEST_SIZE + 1)).get("key_id")
+    except (OSError, ValueError, KeyError, AttributeError, RecursionError, zipfile.BadZipFile):
+        return "unreadable"
+    return claimed if isinstance(claimed, str) else "none"
+
+
+def _signature_keys(args: argparse.Namespace, keys: list[Ed25519PublicKey]) -> str:
+    """Both sides of a signature refusal: the key the bundle names and the ones trusted here."""
+    trusted = ", ".join(f"{key_id(key)} ({path})" for key, path in zip(keys, args.pub, strict=True))
+    return f"the bundle names key {_claimed_key_id(args.bundle)}; trusted: {trusted}"
+
+
+def _window_text(window: WindowSpec | None) -> str:
+    if window is None:
+        return "none: each frame is classified on its own"
+    shape = "flattened" if window.flatten else ""
+    if window.pool:
+        shape += f"{' and ' if shape else ''}pooled ({', '.join(window.pool)})"
+    span = "" if window.duration_s is None else f" ({window.duration_s:.2g} s)"
+    return f"{window.size} frames every {window.stride} at {window.fps:.4g} frames/s{span}, {shape}"
+
+
+def _verify_summary(bundle: VerifiedBundle, error: float) -> list[str]:
+    """What a bundle is, in the words a person checks before pushing it to a fleet."""
+    shown = bundle.manifest
+    decision, smoothing = shown.decision, shown.decision.smoothing
+    steadied = {
+        "none": "no smoothing",
+        "mean": f"smoothing: mean over {smoothing.span_s:g} s",
+        "hysteresis": f"smoothing: hysteresis {smoothing.enter:g}/{smoothing.exit:g}",
+    }[smoothing.kind]
+    samples = len(shown.samples.rows)
+    return [
+        f"model       {shown.model_id} {shown.version} ({shown.runtime}, {len(shown.columns)} columns, "
+        f"created {shown.created_at})",
+        f"labels      {len(shown.labels)}: {some(shown.labels)}",
+        f"window      {_window_text(shown.window)}",
+        f"decision    threshold {decision.threshold:g}, {steadied}, no person: {decision.no_person}",
+        f"activities  {some(f'{a.name} ({a.kind})' for a in shown.activities) or 'none'}",
+        f"signed by   key {bundle.signer}; the {samples} sample rows reproduced within {error:.2g}",
+        "OK",
+    ]
+
+
 def run_verify(args: argparse.Namespace) -> int:
     keys = _public_keys(args.pub)
     try:
         bundle = open_bundle(args.bundle, keys)
         error = check_samples(load_runtime(bundle), bundle.manifest)
     except BundleError as exc:
-        raise UsageError(f"{args.bundle}: {exc}") from exc
-    shown = json.loads(bundle.manifest_bytes)
-    shown["samples"] = f"<{len(bundle.manifest.samples.rows)} sample rows elided>"
-    print(json.dumps(shown, indent=2, ensure_ascii=False))
-    print(f"signed by key {bundle.signer}; samples reproduced within {error:.2g}")
-    print("OK")
+        both = f" ({_signature_keys(args, keys)})" if exc.step == "signature" else ""
+        raise UsageError(f"{args.bundle}: {exc}{both}") from exc
+    if args.json:
+        print(bundle.manifest_bytes.decode("utf-8"), end="")
+    else:
+        print("\n".join(_verify_summary(bundle, error)))
     return ExitStatus.OK
 
 

@@ -8,7 +8,8 @@ in view, so frame numbers line up with annotations.
 A batch is resumable: a finished frame file is written atomically (``.partial`` then rename) and
 skipped next time; one unreadable video is reported and the rest carry on. Where the videos run
 (a local process pool or a Dask cluster) is a :class:`trainer.cluster.Backend`; this module
-only decides what runs and how results are reported.
+only decides what runs and how results are reported. MediaPipe and OpenCV are imported where
+videos are decoded, so declaring the command (``--help``) does not load them.
 """
 
 from __future__ import annotations
@@ -20,22 +21,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 from tqdm import tqdm
 
 from device.cli import Command, ExitStatus, UsageError
 from device.keypoints import FRAMES_SUFFIX, frame_record, write_frames_jsonl
-from device.pose import (
-    PoseEstimator,
-    PoseModelError,
-    PoseOptions,
-    check_task_file,
-    main_pose,
-    offline_task_path,
-)
-from device.sources import SourceError, VideoFileSource
 from trainer.cluster import ADDRESS_FORMS, Backend, ClusterError, DaskCluster, LocalPool, Report
+
+if TYPE_CHECKING:
+    from device.pose import PoseOptions
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v"})
 """Searched for in input directories (case-insensitive); files given by name are tried anyway."""
@@ -50,11 +45,17 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+def _default_pose() -> PoseOptions:
+    from device.pose import PoseOptions
+
+    return PoseOptions()
+
+
 @dataclass(frozen=True)
 class ExtractOptions:
     """What to extract and whether to redo finished videos."""
 
-    pose: PoseOptions = field(default_factory=PoseOptions)
+    pose: PoseOptions = field(default_factory=_default_pose)
     overwrite: bool = False
 
 
@@ -103,6 +104,11 @@ def extract_video(
     from one video into the next, so a video's keypoints do not depend on which worker ran it.
     Raises :class:`SourceError` for an unreadable video and :class:`PoseModelError` for a bad model.
     """
+    import cv2
+
+    from device.pose import PoseEstimator, main_pose
+    from device.sources import VideoFileSource
+
     video, out_dir = Path(video), Path(out_dir)
     skipped = _already_done(video, out_dir, options)
     if skipped:
@@ -136,6 +142,9 @@ def extract_video(
 def _failure(video: Path, out_dir: Path, exc: BaseException) -> ExtractResult:
     # Our own errors name their file already; anything else gets the video's name in front, and
     # one line (Dask's messages run over several).
+    from device.pose import PoseModelError
+    from device.sources import SourceError
+
     named = isinstance(exc, SourceError | PoseModelError)
     message = str(exc) if named else f"{video}: {type(exc).__name__}: {' '.join(str(exc).split())}"
     return ExtractResult(video, output_path(video, out_dir), Outcome.FAILED, error=message)
@@ -155,14 +164,36 @@ def _extract_task(
         return _failure(video, out_dir, exc)
 
 
-class _FrameProgress:
-    """A tqdm bar over the frames of all videos; totals grow as workers open their videos."""
+def announced_frames(video: Path) -> int:
+    """The frame count in the video's container header; 0 when it states none or does not open.
 
-    def __init__(self, bar: tqdm):
+    Read for every video before the batch starts, so that the progress bar's total is right from
+    the first frame instead of growing each time a worker opens its next video.
+    """
+    from device.sources import SourceError, VideoFileSource
+
+    try:
+        with VideoFileSource(video) as source:
+            return source.frame_count
+    except SourceError:  # the worker reports it, as a failed video
+        return 0
+
+
+class FrameProgress:
+    """A tqdm bar over the frames of all videos, its total the frames their containers announce.
+
+    ``announced`` maps each video's index to its announced frame count. A video that decodes
+    more frames than announced (or announces none) raises the total as it goes; a video that
+    ends short or fails lowers it to what it decoded, so the bar ends full.
+    """
+
+    def __init__(self, bar: tqdm, announced: dict[int, int]):
         self._bar = bar
         self._done: dict[int, int] = {}
-        self._expected: dict[int, int] = {}
+        self._expected: dict[int, int] = dict(announced)
         self._finished: set[int] = set()
+        self._bar.total = sum(self._expected.values())
+        self._bar.refresh()
 
     def advance(self, index: int, frame_number: int, announced: int) -> None:
         if index in self._finished:  # the queue may lag behind the video's result
@@ -202,9 +233,10 @@ def extract_batch(
     if not pending:
         return [results[i] for i in range(len(videos))]
 
+    announced = {i: announced_frames(videos[i]) for i in pending}
     runner = (backend or LocalPool()).open(len(pending))
     bar = tqdm(total=0, unit="frame", desc="extract", file=sys.stderr, disable=None, dynamic_ncols=True)
-    progress = _FrameProgress(bar)
+    progress = FrameProgress(bar, announced)
     try:
         tickets = {runner.submit(_extract_task, i, videos[i], out_dir, options): i for i in pending}
         while tickets:
@@ -330,6 +362,9 @@ def _run(args: argparse.Namespace) -> int:
     backend = _backend(args)
     videos = find_videos(args.inputs)
     on_dask = isinstance(backend, DaskCluster)
+    # MediaPipe (a second to import) only once the quick checks above have passed
+    from device.pose import PoseModelError, PoseOptions, check_task_file, offline_task_path
+
     try:
         if args.pose_model:
             model: Path | None = args.pose_model

@@ -5,13 +5,14 @@ embedded as base64 data URIs, or inline SVG (:mod:`trainer.timeline`), so the pa
 files and opens anywhere. Every piece of text from the run — labels, column names, paths — is
 HTML-escaped. The split's warning stands above everything else: the page is what people look
 at and share, so the reason its numbers may be optimistic must not live only in a terminal.
+It is read by people who did not run the training: settings and parameters are tables, not
+JSON, and each number says in a sentence what it measures.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
@@ -23,6 +24,38 @@ from matplotlib.figure import Figure
 from trainer import timeline
 
 MAX_ANNOTATED_CLASSES = 30  # beyond this, the counts in the confusion matrix cells become unreadable
+
+MEANINGS: dict[str, str] = {
+    "accuracy": "The share of held-out rows whose predicted label is the true one.",
+    "balanced accuracy": "The mean of the per-class recalls: accuracy as if every class were equally "
+    "common, so a large class cannot hide a poor small one.",
+    "macro F1": "The mean over the classes of F1 (the harmonic mean of precision and recall), every "
+    "class counting the same.",
+    "ROC-AUC": "How well the probabilities rank each class's rows above the others' (one class "
+    "against the rest, averaged), whatever the threshold: 0.5 is chance, 1 is perfect.",
+    "MCC": "Matthews' correlation between true and predicted labels: 0 is chance, 1 is perfect, and it "
+    "stays low when only the large classes are right.",
+    "CV macro F1": "Macro F1 on each cross-validation fold of the training part, as mean ± standard "
+    "deviation: the spread shows how much the score depends on which rows are held out.",
+    "CV balanced accuracy": "Balanced accuracy on each cross-validation fold, as mean ± standard deviation.",
+    "CV source": "How the cross-validation folds were made.",
+    "cross-validation": "Why there are no cross-validated scores.",
+    "train rows": "Rows the final model was fitted on.",
+    "test rows": "Held-out rows every metric above is computed on.",
+    "train videos": "Videos with rows in the training part.",
+    "test videos": "Videos with rows in the held-out part.",
+    "shared videos": "Videos with rows on both sides: their scores speak for the same people and scenes.",
+    "rows without target": "Rows dropped before training because their target label is empty.",
+    "fit seconds": "Time to fit the final model on the training part.",
+    "cv seconds": "Time spent on cross-validation.",
+    "search seconds": "Time spent on the hyperparameter search.",
+}
+"""One plain sentence per row of the metrics table, by the row's name."""
+
+PER_CLASS_NOTE = (
+    "precision: of the rows predicted as the class, the share that are; recall: of the class's rows, "
+    "the share found; F1: the harmonic mean of the two; support: the class's held-out rows"
+)
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -49,13 +82,16 @@ def render(run: dict[str, Any], metrics: dict[str, Any], timelines: Sequence[tim
         f"<p class=warning role=alert><strong>Warning:</strong> {escape(warning)}</p>" if warning else "",
         "<h2>Run settings</h2>",
         _table(["setting", "value"], _settings(run)),
+        "<h2>Model parameters</h2>",
+        _parameters(run["params"]),
         "<h2>Held-out metrics</h2>",
-        _table(["metric", "value"], _metric_rows(metrics)),
+        _table(["metric", "value", "what it measures"], _metric_rows(metrics)),
         "<h2>Confusion matrix</h2>",
         "<p class=note>rows: true label; columns: predicted label; colour: share of the true label</p>",
         _image(_confusion_figure(metrics["confusion_matrix"]), "confusion matrix"),
         "<h2>Per-class precision, recall and F1</h2>",
         _image(_per_class_figure(metrics["per_class"]), "per-class precision, recall and F1"),
+        f"<p class=note>{escape(PER_CLASS_NOTE)}</p>",
         _table(["class", "precision", "recall", "F1", "support"], _per_class_rows(metrics["per_class"])),
         "<h2>Feature importance</h2>",
         *_importance_section(metrics["importance"]),
@@ -89,15 +125,41 @@ def _settings(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("balance", run["balance"] or "none"),
         ("search", f"{search['kind']}, {search['iterations']} candidates" if search else "none"),
         ("seed", str(run["seed"])),
-        ("preparation", json.dumps(run["preparation"])),
-        ("parameters", json.dumps(run["params"])),
+        *_preparation(run["preparation"]),
         ("feature spec", "recorded" if run["feature_spec"] else "none (export will refuse this run)"),
-        ("window", json.dumps(run["window"])),
+        ("window", _window(run["window"])),
         ("versions", ", ".join(f"{k} {v}" for k, v in run["versions"].items())),
     ]
 
 
-def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+def _preparation(preparation: dict[str, Any]) -> list[tuple[str, str]]:
+    renamed = ", ".join(f"{old} → {new}" for old, new in preparation["value_map"].items())
+    return [
+        ("target values renamed", renamed or "none"),
+        ("columns left out", preparation["drop"] or "none"),
+        ("rows without a target label", f"{preparation['rows_without_target']} (dropped)"),
+    ]
+
+
+def _window(window: dict[str, Any] | None) -> str:
+    if window is None:
+        return "none: a row per frame or per clip"
+    rate = "" if window["fps"] is None else f" at {window['fps']:.4g} frames/s"
+    shape = ["flattened"] if window["flatten"] else []
+    if window["pool"]:
+        shape.append(f"pooled ({', '.join(window['pool'])})")
+    return f"{window['size']} frames every {window['stride']}{rate}, {' and '.join(shape)}"
+
+
+def _parameters(params: dict[str, Any]) -> str:
+    """The classifier's hyperparameters, one row each, as Python would write the values."""
+    if not params:
+        return "<p class=note>none recorded</p>"
+    return _table(["parameter", "value"], [(name, repr(value)) for name, value in params.items()])
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Each metric's name, value and the sentence of :data:`MEANINGS` that explains it."""
     roc = "n/a" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.4f}"
     rows = [
         ("accuracy", f"{metrics['accuracy']:.4f}"),
@@ -110,15 +172,15 @@ def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     if cv is None:
         rows.append(("cross-validation", "not run"))
     else:
-        for name in ("macro_f1", "balanced_accuracy"):
-            rows.append((f"CV {name.replace('_', ' ')}", f"{cv[name]['mean']:.4f} ± {cv[name]['std']:.4f}"))
+        for name, shown in (("macro_f1", "CV macro F1"), ("balanced_accuracy", "CV balanced accuracy")):
+            rows.append((shown, f"{cv[name]['mean']:.4f} ± {cv[name]['std']:.4f}"))
         rows.append(("CV source", f"{cv['folds']} folds of the training part; {cv['source']}"))
     sizes = metrics["sizes"]
     rows += [
         (name.replace("_", " "), "n/a" if value is None else str(value)) for name, value in sizes.items()
     ]
     rows += [(f"{name} seconds", f"{value:.2f}") for name, value in metrics["seconds"].items()]
-    return rows
+    return [(name, value, MEANINGS.get(name, "")) for name, value in rows]
 
 
 def _per_class_rows(per_class: dict[str, dict[str, float]]) -> list[tuple[str, ...]]:

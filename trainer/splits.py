@@ -13,7 +13,6 @@ from trainer.examples import Examples
 from trainer.messages import count, first_line, some
 from trainer.table import FRAME_COLUMNS, GROUP_COLUMN
 
-SPLITS: tuple[str, ...] = ("auto", "group", "time", "stratified", "random")
 Folds = list[tuple[np.ndarray, np.ndarray]]
 
 

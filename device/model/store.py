@@ -237,8 +237,9 @@ class ModelStore:
             if previous is not None and compare_versions(manifest.version, previous) < 0 and not force:
                 raise ModelRejected(
                     "compatibility",
-                    f"version {manifest.version} is older than the active {previous}; "
-                    "a downgrade needs force (or activate a stored version)",
+                    f"version {manifest.version} is older than the active {previous} (versions compare "
+                    "number by number from the left); export it with a higher version, or force the "
+                    "downgrade (--force on push or models install, or activate a stored version)",
                 )
             model = load_model(bundle)
             self._store(data, bundle, digest, replaces=stored)
