@@ -185,13 +185,12 @@ class Classifier:
         poses = np.asarray(poses, dtype=np.float64).reshape(-1, 33, 5)
         ended = self._if_time_went_back(timestamp_ms)
         number = frame_number if frame_number is not None else next(self._counter)
-        image = np.zeros((1, 1, 3), np.uint8)  # no picture: the poses are given
-        frame = Frame(image, number, timestamp_ms, "poses")
-        if self._new_clip(frame.source, number, timestamp_ms):
+        if self._new_clip("poses", number, timestamp_ms):
             ended += self.new_clip()
         tracked = self._tracker.update(timestamp_ms, poses)
         self.last_person = _largest(poses)
-        return Step(self.last_person, (*ended, *self._decide_everyone(frame, tracked)), tracked.people)
+        outputs = self._decide_everyone(number, timestamp_ms, time.monotonic(), tracked)
+        return Step(self.last_person, (*ended, *outputs), tracked.people)
 
     def process(self, frame: Frame) -> Step:
         """One :class:`~device.sources.Frame` through pose and the decision pipeline (the daemon's call)."""
@@ -203,7 +202,7 @@ class Classifier:
             outputs = self._decide(frame.frame_number, frame.timestamp_ms, person, frame.captured_at)
             return Step(person, (*ended, *outputs))
         tracked = self._tracker.update(frame.timestamp_ms, poses)
-        outputs = self._decide_everyone(frame, tracked)
+        outputs = self._decide_everyone(frame.frame_number, frame.timestamp_ms, frame.captured_at, tracked)
         return Step(person, (*ended, *outputs), tracked.people)
 
     def classify_video(self, path: str | Path, fps: float | None = None) -> Iterator[Output]:
@@ -276,7 +275,9 @@ class Classifier:
             self._timer("pose", time.monotonic() - began)
         return poses
 
-    def _decide_everyone(self, frame: Frame, tracked: Tracked) -> list[Output]:
+    def _decide_everyone(
+        self, frame_number: int, timestamp_ms: float, captured_at: float, tracked: Tracked
+    ) -> list[Output]:
         """Each tracked person through their own pipeline; pipelines of ended tracks end their sets
         and are dropped, so memory stays bounded however many people pass."""
         outputs: list[Output] = []
@@ -298,7 +299,7 @@ class Classifier:
             if points is not None and self._stations:  # outside every station: not classified
                 pipeline.station = station_of(points, self._stations)
                 points = points if pipeline.station is not None else None
-            outputs += pipeline.push(frame.frame_number, frame.timestamp_ms, points, frame.captured_at)
+            outputs += pipeline.push(frame_number, timestamp_ms, points, captured_at)
         return outputs
 
     def _decide(

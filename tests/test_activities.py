@@ -89,7 +89,9 @@ def test_the_angle_kind_counts_two_squats_and_an_incomplete_third(squats_replaye
             and knee["max"] >= 160
             and knee["range"] == pytest.approx(knee["max"] - knee["min"], abs=0.02)
         )
-        assert 0.5 <= rep["duration_s"] <= 5
+        # durations are video time: whole frames of the 5 frames/s clip, 3 to 25 of them
+        frames = round(rep["duration_s"] * 5)
+        assert rep["duration_s"] == pytest.approx(frames / 5) and 3 <= frames <= 25
         # the asymmetry of the deepest angles, left minus right
         right = rep["measures"]["angle.right_knee"]["min"]
         assert rep["asymmetry"]["knee"] == pytest.approx(knee["min"] - right, abs=0.02)
@@ -97,7 +99,7 @@ def test_the_angle_kind_counts_two_squats_and_an_incomplete_third(squats_replaye
     assert [x["payload"]["seq"] for x in squats_replayed] == list(range(1, len(squats_replayed) + 1))
 
 
-def test_the_same_clip_fed_as_keypoints_counts_alike(
+def test_the_python_api_on_the_same_file_counts_alike(
     counting_model: PoseBundle, squats_replayed: list[dict], data_dir: Path, task_path: Path
 ) -> None:
     """The Python API on the same file gives the events replay wrote (one pipeline)."""
