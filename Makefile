@@ -6,12 +6,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MEDIAPIPE := mediapipe==0.10.18
+# The seed (StreamPoseML) from PyPI, in a virtualenv of its own: it pins its own numpy, pandas, scikit-learn.
+SEED_VENV := .cache/seed-venv
+SEED_STAMP := $(SEED_VENV)/.installed
+SEED_PACKAGE := stream-pose-ml==0.3.1
 # What the tests and the demo run for real: an MQTT broker, a headless browser, systemd-analyze.
 DEBIAN_PACKAGES := mosquitto mosquitto-clients chromium systemd
 # What only `make bench` needs: the broker for the daemon benchmarks and wrk, the HTTP load generator.
 BENCH_DEBIAN_PACKAGES := mosquitto wrk
 
-.PHONY: test demo lint bench bench-system venv system clean
+.PHONY: test demo lint bench bench-seed bench-system pi-check venv system clean
 
 venv: $(STAMP)
 
@@ -46,5 +50,20 @@ bench-system:
 bench: bench-system $(STAMP)
 	$(PY) -m benchmarks table $(BENCH_ARGS)
 
+$(SEED_STAMP):
+	test -x $(SEED_VENV)/bin/python || $(PYTHON) -m venv $(SEED_VENV)
+	$(SEED_VENV)/bin/python -m pip install --quiet $(SEED_PACKAGE)
+	$(SEED_VENV)/bin/python -c "import numpy, pandas, stream_pose_ml.jobs.build_and_format_dataset_job; print('seed venv ready: numpy', numpy.__version__, 'pandas', pandas.__version__)"
+	touch $(SEED_STAMP)
+
+# The seed's own code timed beside ours (~3 min, ~2 GB of its files in /tmp); `make bench` then includes it.
+bench-seed: $(STAMP) $(SEED_STAMP)
+	$(PY) -m benchmarks seed
+
+# The kiosk installed and run on emulated Raspberry Pi OS 64-bit (Debian 12 arm64, qemu-user), as root:
+# ~20 min from scratch, ~12 with the cache in .cache/pi-root; e.g. PI_CHECK_ARGS="--fresh" (README).
+pi-check: $(STAMP)
+	$(PY) scripts/pi_check.py $(PI_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .demo
+	rm -rf $(VENV) $(SEED_VENV) .pytest_cache .hypothesis .demo

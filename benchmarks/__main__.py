@@ -1,8 +1,8 @@
 """``python -m benchmarks [NAME] [OPTIONS]`` (``make bench``): one benchmark, or all of them as one table.
 
 NAME is ``table`` (the default: every benchmark, one table) or one of ``features``, ``pose``,
-``dataset``, ``train``, ``device``, ``load``, ``extract``, ``replay``,
-``activities``, ``startup``; the options are that benchmark's
+``dataset``, ``seed``, ``train``, ``device``, ``load``, ``extract``, ``replay``,
+``activities``, ``people``, ``startup``; the options are that benchmark's
 own (``--help``).
 """
 
@@ -16,12 +16,14 @@ BENCHMARKS: dict[str, str] = {
     "features": "benchmarks.feature_bench",
     "pose": "benchmarks.pose_bench",
     "dataset": "benchmarks.dataset_bench",
+    "seed": "benchmarks.seed_bench",
     "train": "benchmarks.train_bench",
     "device": "benchmarks.device_bench",
     "load": "benchmarks.load_bench",
     "extract": "benchmarks.extract_bench",
     "replay": "benchmarks.replay_bench",
     "activities": "benchmarks.activity_bench",
+    "people": "benchmarks.people_bench",
     "startup": "benchmarks.startup_bench",
 }
 

@@ -1,12 +1,17 @@
 """Dataset building throughput: reading, features + rows, and writing, timed apart.
 
 A project of 100 keypoint files x 382 frames (the squats reference landmarks laid over the
-example video's frame count, each with a copy of the seed's real annotation file) goes through
-``trainer dataset`` for the strategies ``none`` and ``flatten_into_columns`` (W = 10). Each stage
-is timed on its own, in one process, through the same functions the command uses; the whole
-command (worker processes included) is timed last. The baseline for reading is the stdlib JSON
-reader (``device.keypoints``) in the same run; for building, the seed's published figures (~1,300
-frames/s end to end, 3,800-4,300 frames/s features + table), which cannot be re-run here.
+example video's frame count, each with a copy of the seed's real annotation file, and the
+columnar copy ``trainer extract`` writes beside each) goes through ``trainer dataset`` for the
+strategies ``none`` and ``flatten_into_columns`` (W = 10). Each stage is timed on its own, in
+one process, through the same functions the command uses; the whole command last, once reading
+the columnar copies and once with them removed (the JSONL parsed, in worker processes as the
+command then chooses). Reading has two baselines in the same run: the columnar copies against
+pyarrow's JSON reader, and that against the stdlib JSON reader (``device.keypoints``). The whole
+command against the seed's own code is :mod:`benchmarks.seed_bench`.
+
+The detail output also times reading one file's keypoints in the formats the columnar copy could
+have had (Arrow IPC, ``.npz``, Parquet): the measurement behind :mod:`trainer.frame_columns`.
 
 Run: ``python -m benchmarks dataset`` (``python -m benchmarks table`` shows it with the others).
 """
@@ -37,18 +42,27 @@ from trainer.dataset import (
     video_result,
     write_dataset,
 )
+from trainer.frame_columns import COLUMNS_SUFFIX, columns_path, read_keypoint_file, write_columns
 from trainer.frame_files import read_frames
 
 MAPPING = Path(__file__).resolve().parents[1] / "examples" / "example_video.labels.toml"
-SEED_BUILD_FRAMES_PER_S = 1_300
-SEED_FORMAT_FRAMES_PER_S = 4_300  # the better end of the seed's 3,800-4,300
-STRATEGIES = ("none", "flatten_into_columns W=10")
+
+
+def configs(mapping: LabelMapping) -> dict[str, DatasetConfig]:
+    """The strategies measured, by the name the rows give them."""
+    return {
+        "none": DatasetConfig(mapping=mapping),
+        "flatten_into_columns W=10": DatasetConfig(
+            "flatten_into_columns", window=10, window_label="step_type", mapping=mapping
+        ),
+    }
 
 
 def make_project(root: Path, files: int, frames: int) -> tuple[Path, Path]:
-    """``root/keypoints`` with ``files`` frame files and ``root/annotations`` with one JSON file each."""
+    """``root/keypoints`` with ``files`` frame files (and their columnar copies, as extraction
+    writes them) and ``root/annotations`` with one JSON file each."""
     keypoints, annotations = root / "keypoints", root / "annotations"
-    keypoints.mkdir()
+    keypoints.mkdir(parents=True)
     annotations.mkdir()
     sequence = KeypointSequence(
         "sample",
@@ -59,11 +73,13 @@ def make_project(root: Path, files: int, frames: int) -> tuple[Path, Path]:
     )
     sample = keypoints / "video000.frames.jsonl"
     write_frames_jsonl(sequence_records(sequence), sample)
+    write_columns(sample)
     seed = json.loads((DATA / "annotations" / "example_video.json").read_text())
     for i in range(files):
         stem = f"video{i:03d}"
-        if i:
-            os.link(sample, keypoints / f"{stem}.frames.jsonl")  # same bytes, its own name
+        if i:  # same bytes, their own names
+            os.link(sample, keypoints / f"{stem}.frames.jsonl")
+            os.link(columns_path(sample), keypoints / f"{stem}{COLUMNS_SUFFIX}")
         (annotations / f"{stem}.json").write_text(json.dumps({**seed, "name": f"{stem}.webm"}))
     return keypoints, annotations
 
@@ -72,8 +88,53 @@ def read_all(jobs: list[VideoJob], reader: Callable[[Path], KeypointSequence]) -
     return [reader(job.path) for job in jobs]
 
 
+def read_copy(path: Path) -> KeypointSequence:
+    return read_keypoint_file(path)[0]
+
+
 def rows_of(jobs: list[VideoJob], sequences: list[KeypointSequence]) -> Rows:
     return Rows.concat([video_result(job, seq).rows for job, seq in zip(jobs, sequences, strict=True)])
+
+
+def format_choice(sequence: KeypointSequence, frames_file: Path, folder: Path) -> dict[str, float]:
+    """Milliseconds to read one file's arrays back, per format the columnar copy could have had,
+    beside the copy as the builder reads it (checksum and fingerprint included) and the JSONL."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    arrays = {
+        "frame_numbers": sequence.frame_numbers,
+        "timestamps_ms": sequence.timestamps_ms,
+        "sizes": sequence.sizes,
+        "points": sequence.points,
+    }
+    np.savez(folder / "choice.npz", **arrays)
+    table = pa.table({k: pa.array(list(v.reshape(len(sequence), -1))) for k, v in arrays.items()})
+    pq.write_table(table, folder / "choice.parquet")
+    copy = columns_path(frames_file)
+
+    def arrow() -> None:
+        read = ipc.open_file(pa.py_buffer(copy.read_bytes())).read_all()
+        [column.combine_chunks().flatten().to_numpy() for column in read.columns[4:]]
+        [column.to_numpy() for column in read.columns[:4]]
+
+    def npz() -> None:
+        with np.load(folder / "choice.npz", allow_pickle=False) as z:
+            [z[name] for name in z.files]
+
+    def parquet() -> None:
+        read = pq.read_table(folder / "choice.parquet")
+        [np.stack(read.column(k).to_numpy(zero_copy_only=False)) for k in arrays]
+
+    candidates = {
+        "Arrow IPC": arrow,
+        ".npz": npz,
+        "Parquet": parquet,
+        "Arrow IPC, checked (the copy)": lambda: read_copy(frames_file),
+        "JSONL, pyarrow's reader": lambda: read_frames(frames_file),
+    }
+    return {name: timed(read, repeat=20)[1] * 1000 for name, read in candidates.items()}
 
 
 @dataclass(frozen=True)
@@ -90,68 +151,64 @@ class DatasetNumbers:
     stages: list[Stage]
     read_json_frames_per_s: float
     read_frames_per_s: float
-    build_frames_per_s: dict[str, float]  # strategy -> whole command, best worker count
-    format_frames_per_s: dict[str, float]  # strategy -> features + rows + CSV, in one process
+    read_copies_frames_per_s: float
+    build_frames_per_s: dict[str, float]  # strategy -> whole command, columnar copies
+    build_jsonl_frames_per_s: dict[str, float]  # strategy -> whole command, JSONL only
+    formats_ms: dict[str, float]
 
     def rows(self) -> list[Row]:
+        size = f"{self.files} x {self.frames // self.files} frames"
         rows = [
             Row(
                 "dataset",
-                f"read keypoint files, pyarrow ({self.files} x {self.frames // self.files} frames)",
+                f"read keypoint files, columnar copies ({size})",
+                self.read_copies_frames_per_s,
+                "frames/s",
+                self.read_frames_per_s,
+                "the JSONL, pyarrow's reader",
+            ),
+            Row(
+                "dataset",
+                f"read keypoint files, JSONL with pyarrow ({size})",
                 self.read_frames_per_s,
                 "frames/s",
                 self.read_json_frames_per_s,
                 "stdlib json reader",
-            )
+            ),
         ]
-        for strategy in STRATEGIES:
+        for strategy, per_s in self.build_frames_per_s.items():
             rows.append(
                 Row(
                     "dataset",
-                    f"whole `trainer dataset`, {strategy}, CSV",
-                    self.build_frames_per_s[strategy],
+                    f"whole `trainer dataset`, {strategy}, CSV, columnar copies",
+                    per_s,
                     "frames/s",
-                    SEED_BUILD_FRAMES_PER_S,
-                    "the seed",
-                    same_run=False,
-                )
-            )
-            rows.append(
-                Row(
-                    "dataset",
-                    f"features + rows + CSV, {strategy}, one process",
-                    self.format_frames_per_s[strategy],
-                    "frames/s",
-                    SEED_FORMAT_FRAMES_PER_S,
-                    "the seed's formatting",
-                    same_run=False,
+                    self.build_jsonl_frames_per_s[strategy],
+                    "the same from the JSONL",
                 )
             )
         return rows
 
 
 def measure(files: int = 100, frames_per_file: int = 382) -> DatasetNumbers:
-    """Every stage on its own, then the whole command with one and with all worker processes."""
+    """Every stage on its own, then the whole command with and without the columnar copies."""
     mapping = LabelMapping.load(MAPPING)
-    configs = {
-        "none": DatasetConfig(mapping=mapping),
-        "flatten_into_columns W=10": DatasetConfig(
-            "flatten_into_columns", window=10, window_label="step_type", mapping=mapping
-        ),
-    }
     frames = files * frames_per_file
     stages: list[Stage] = []
     build: dict[str, float] = {}
-    fmt: dict[str, float] = {}
+    build_jsonl: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="dataset-bench-") as tmp:
         keypoints, annotations = make_project(Path(tmp), files, frames_per_file)
-        _, jobs, _ = plan_jobs(keypoints, annotations, configs["none"])
+        _, jobs, _ = plan_jobs(keypoints, annotations, configs(mapping)["none"])
         _, json_s = timed(read_all, jobs, read_keypoints)
         stages.append(Stage("read keypoints, json (device.keypoints, baseline)", json_s))
         sequences, read_s = timed(read_all, jobs, read_frames)
         stages.append(Stage("read keypoints, pyarrow (trainer.frame_files)", read_s))
+        _, copies_s = timed(read_all, jobs, read_copy, repeat=3)
+        stages.append(Stage("read keypoints, columnar copies (trainer.frame_columns)", copies_s))
+        formats = format_choice(sequences[0], jobs[0].path, Path(tmp))
 
-        for name, config in configs.items():
+        for name, config in configs(mapping).items():
             plan, jobs, _ = plan_jobs(keypoints, annotations, config)
             rows, rows_s = timed(rows_of, jobs, sequences, repeat=3)
             stages.append(Stage(f"{name}: features + rows", rows_s, len(rows)))
@@ -160,15 +217,17 @@ def measure(files: int = 100, frames_per_file: int = 382) -> DatasetNumbers:
                 out = Path(tmp) / f"out{suffix}"
                 _, write_s = timed(write_dataset, out, rows, plan, sources, frames, repeat=3)
                 stages.append(Stage(f"{name}: write {suffix[1:]}", write_s, len(rows)))
-                if suffix == ".csv":
-                    fmt[name] = frames / (rows_s + write_s)
-            for workers in dict.fromkeys((1, os.cpu_count() or 1)):
-                _, build_s = timed(
-                    build_dataset, keypoints, annotations, Path(tmp) / "end.csv", config, workers
-                )
-                stages.append(Stage(f"{name}: whole command, csv, {workers} process(es)", build_s, len(rows)))
-                build[name] = max(build.get(name, 0.0), frames / build_s)
-    return DatasetNumbers(files, frames, stages, frames / json_s, frames / read_s, build, fmt)
+            _, build_s = timed(build_dataset, keypoints, annotations, Path(tmp) / "end.csv", config, repeat=3)
+            stages.append(Stage(f"{name}: whole command, csv, columnar copies", build_s, len(rows)))
+            build[name] = frames / build_s
+        for copy in keypoints.glob(f"*{COLUMNS_SUFFIX}"):
+            copy.unlink()
+        for name, config in configs(mapping).items():
+            _, build_s = timed(build_dataset, keypoints, annotations, Path(tmp) / "end.csv", config)
+            stages.append(Stage(f"{name}: whole command, csv, JSONL only", build_s))
+            build_jsonl[name] = frames / build_s
+    reads = (frames / json_s, frames / read_s, frames / copies_s)
+    return DatasetNumbers(files, frames, stages, *reads, build, build_jsonl, formats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     for stage in numbers.stages:
         per_s = numbers.frames / stage.seconds
         print(f"  {stage.name:<56} {stage.seconds:>8.3f} {stage.rows or '':>7} {per_s:>11,.0f}")
+    print()
+    print(f"Reading one file's keypoints ({numbers.frames // numbers.files} frames), per format of the copy:")
+    for name, ms in numbers.formats_ms.items():
+        print(f"  {name:<30} {ms:8.3f} ms")
     print()
     print(render_text(numbers.rows()))
     return 0

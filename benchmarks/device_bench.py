@@ -34,7 +34,7 @@ from device.decisions import DecisionSettings
 from device.model.bundle import Smoothing
 from device.model.store import open_model
 from device.outbox import Outbox
-from device.pose import PoseEstimator
+from device.pose import PoseEstimator, PoseOptions
 from device.publisher import MqttPublisher
 from device.sources import VideoFileSource
 from device.status import StatusBoard
@@ -87,11 +87,11 @@ def overhead(
     return costs
 
 
-def bare_loop_fps(videos: list[Path]) -> tuple[float, int]:
+def bare_loop_fps(videos: list[Path], options: PoseOptions | None = None) -> tuple[float, int]:
     """OpenCV read + BGR->RGB + MediaPipe detect, nothing else: the physical limit."""
     frames, began = 0, time.perf_counter()
     for video in videos:
-        with VideoFileSource(video) as source, PoseEstimator(mode="video") as pose:
+        with VideoFileSource(video) as source, PoseEstimator(options or PoseOptions(), mode="video") as pose:
             for frame in source:
                 pose.detect(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB), frame.timestamp_ms)
                 frames += 1

@@ -1,13 +1,16 @@
 """``python -m benchmarks [table]`` (``make bench``): every benchmark, one table, each next to its baseline.
 
 Runs, in one process and one go: feature throughput and per-window cost (``features``), dataset
-building (``dataset``), every model but the slow gradient boosting (``train``), the daemon's
-per-frame overhead, end-to-end frames/s and memory over a soak (``device``), the status API
-under concurrent clients while the pipeline runs (``load``), replay's throughput and the cost of
-resampling a window (``replay``), the activity stage's cost per frame (``activities``), and how
-long every command takes to answer ``--help`` against the bare interpreter (``startup``). Each
-row comes from the same ``measure()`` its benchmark's own command uses (``python -m benchmarks NAME
---help`` for one benchmark in detail). The default sizes keep the whole run around ten minutes on two cores;
+building (``dataset``), the seed's own code beside ours on the same keypoints (``seed``, when
+``make bench-seed`` installed it; else its published figures), every model but the slow
+gradient boosting (``train``), the daemon's per-frame overhead, end-to-end frames/s and memory
+over a soak (``device``), the status API under concurrent clients while the pipeline runs
+(``load``), replay's throughput and the cost of resampling a window (``replay``), the activity
+stage's cost per frame (``activities``), frames/s with 1, 2 and 3 people in view (``people``),
+and how long every command takes to answer ``--help`` against the bare interpreter
+(``startup``). Each row comes from the same ``measure()`` its benchmark's own command uses
+(``python -m benchmarks NAME --help`` for one benchmark in detail). The default sizes keep the
+whole run around ten minutes on two cores (the seed's own code adds about three);
 ``--soak-seconds`` lengthens the memory soak, ``--quick`` shrinks everything to check that the
 table runs (its numbers mean nothing).
 
@@ -47,6 +50,8 @@ class Sizes:
     baseline_windows: int | None = None
     dataset_files: int | None = None
     dataset_frames: int | None = None
+    seed_videos: tuple[int, ...] | None = None  # None: 10 and 100 videos
+    seed_windows: int | None = None
     train_models: tuple[str, ...] | None = None  # None: every model but the slow gradient boosting
     latency_calls: int | None = None
     overhead_cases: tuple[tuple[str, float], ...] | None = None  # None: the device benchmark's TABLE_CASES
@@ -58,6 +63,7 @@ class Sizes:
     quiet_seconds: float | None = None
     single_seconds: float | None = None
     activity_frames: int | None = None
+    people_runs: int | None = None
     startup_repeat: int | None = None
     startup_commands: tuple[str, ...] | None = None  # None: every command of the three packages
 
@@ -69,6 +75,8 @@ QUICK = Sizes(
     baseline_windows=5,
     dataset_files=2,
     dataset_frames=382,
+    seed_videos=(2,),
+    seed_windows=1,
     train_models=(),
     latency_calls=20,
     overhead_cases=(("full", 0.0),),
@@ -80,6 +88,7 @@ QUICK = Sizes(
     quiet_seconds=1.0,
     single_seconds=1.0,
     activity_frames=200,
+    people_runs=1,
     startup_repeat=1,
     startup_commands=("device", "trainer", "provisioning"),
 )
@@ -115,7 +124,9 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         device_bench,
         feature_bench,
         load_bench,
+        people_bench,
         replay_bench,
+        seed_bench,
         startup_bench,
         train_bench,
     )
@@ -139,6 +150,8 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
     step("features", lambda: feature_bench.measure(**features).rows())
     dataset = given(files=s.dataset_files, frames_per_file=s.dataset_frames)
     step("dataset", lambda: dataset_bench.measure(**dataset).rows())
+    seed = given(videos=s.seed_videos, frames_per_file=s.dataset_frames, windows=s.seed_windows)
+    step("seed", lambda: seed_bench.measure(**seed).rows())
     models = train_bench.TABLE_MODELS if s.train_models is None else s.train_models
     train = given(latency_calls=s.latency_calls)
     step("train", lambda: train_bench.measure(models, **train).rows())
@@ -164,6 +177,8 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         step("replay", lambda: replay_bench.measure(model, **replay).rows())
         activities = given(frames=s.activity_frames)
         step("activities", lambda: activity_bench.measure(model, **activities).rows())
+        people = given(runs=s.people_runs)
+        step("people", lambda: [n.row() for n in people_bench.measure(model, work, **people)])
     startup = given(repeat=s.startup_repeat, commands=s.startup_commands)
     step("startup", lambda: startup_bench.measure(**startup).rows())
     return rows
@@ -212,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             "Baselines are measured in the same run, except the seed's published figures (marked).",
         ],
     )
+    if any(not row.same_run for row in rows):
+        table.notes.append(
+            "The seed's virtualenv (.cache/seed-venv) is missing, so its published figures stand in for "
+            "the seed rows: `make bench-seed` installs it, and the next run measures the seed's own code."
+        )
     if args.quick:
         table.notes.append("--quick: tiny sizes; these numbers only show that the table runs.")
     print()

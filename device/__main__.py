@@ -124,7 +124,7 @@ def check_config(args: argparse.Namespace) -> int:
         return ExitStatus.USAGE
     checked = "files and devices not checked: --offline" if args.offline else "files and devices too"
     print(f"{args.config}: OK ({checked})")
-    print(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}, "http": {"token"}}))
+    print(config.model_dump_json(indent=2, exclude={"mqtt": {"password"}, "http": {"token", "viewer_token"}}))
     return ExitStatus.OK
 
 

@@ -33,7 +33,7 @@ from device.config import (
     SourceSection,
     UrlSource,
 )
-from device.sources import Frame, FrameSource, SourceError, VideoFileSource
+from device.sources import Frame, FrameSource, SourceError, VideoFileSource, redact_url
 from device.status import StatusBoard
 
 log = logging.getLogger("device.capture")
@@ -113,7 +113,15 @@ class OpenCvSource:
 
 
 class PiCamera2Source:
-    """A Raspberry Pi camera module through ``picamera2`` (Debian's python3-picamera2)."""
+    """A Raspberry Pi camera module through ``picamera2`` (Debian's python3-picamera2).
+
+    Picamera2 names formats after libcamera's DRM fourcc codes, which list the channels from the
+    most significant byte down; its manual (appendix "Pixel and image formats") documents that
+    ``"RGB888"`` gives arrays whose pixels are ordered B, G, R in memory — OpenCV's BGR, which the
+    pipeline expects — and ``"BGR888"`` gives R, G, B. So this source asks for ``"RGB888"``.
+    """
+
+    FORMAT = "RGB888"  # pixels B, G, R in memory: OpenCV's BGR
 
     def __init__(self, width: int, height: int) -> None:
         try:
@@ -122,7 +130,8 @@ class PiCamera2Source:
             raise SourceError("picamera2 is not installed: apt install python3-picamera2") from exc
         self.name = "picamera2"
         self._camera = Picamera2()
-        config = self._camera.create_video_configuration(main={"size": (width, height), "format": "BGR888"})
+        main = {"size": (width, height), "format": self.FORMAT}
+        config = self._camera.create_video_configuration(main=main)
         self._camera.configure(config)
         self._camera.start()
         self._origin = time.monotonic()
@@ -215,7 +224,7 @@ def open_source(config: SourceSection, stop: threading.Event, status: StatusBoar
         api = cv2.CAP_V4L2 if isinstance(config.device, str) else cv2.CAP_ANY
         return OpenCvSource(config.device, f"camera {config.device}", api, size, config.fps)
     if isinstance(config, UrlSource):
-        return OpenCvSource(config.url, config.url.split("@")[-1], cv2.CAP_FFMPEG)
+        return OpenCvSource(config.url, redact_url(config.url), cv2.CAP_FFMPEG)
     if isinstance(config, GStreamerSource):
         return OpenCvSource(config.pipeline, "gstreamer pipeline", cv2.CAP_GSTREAMER)
     if isinstance(config, PiCameraSource):

@@ -126,15 +126,21 @@ class Classifier:
     def model(self) -> LoadedModel | None:
         return self._decisions.model if self._decisions else None
 
+    @property
+    def stations(self) -> tuple[Station, ...]:
+        return self._stations
+
     def activity_state(self) -> dict | None:
-        """The activities now (the retained ``activity`` payload) of the person followed, or with
-        ``everyone`` of the person in view longest; None without any."""
-        decisions = self._decisions
-        if self._tracker is not None:
-            decisions = self._people[min(self._people)] if self._people else None
-        if decisions is None or decisions.activities is None:
-            return None
-        return decisions.activities.state()
+        """The activities now (the retained ``activity`` payload); None without any.
+
+        One person followed: that person's state. With ``everyone``: the state of the person in
+        view longest (the lowest id), and under ``people`` every tracked person's, so a dashboard
+        of a class sees each counter."""
+        if self._tracker is None:
+            decisions = self._decisions
+            return None if decisions is None or decisions.activities is None else decisions.activities.state()
+        states = [p.activities.state() for _, p in sorted(self._people.items()) if p.activities is not None]
+        return {**states[0], "people": states} if states else None
 
     def use_model(self, model: LoadedModel, settings: DecisionSettings | None = None) -> None:
         """Run ``model`` from the next frame on (one assignment: a running loop never sees half)."""

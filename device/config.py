@@ -2,12 +2,18 @@
 
 Unknown keys are refused (a typo must not silently fall back to a default), every error names the
 key and what is allowed, and secrets come from the environment or systemd credentials rather than
-the file: ``MOVEMENT_EDGE_MQTT_PASSWORD`` and ``MOVEMENT_EDGE_HTTP_TOKEN`` (or the credentials
-``mqtt_password`` / ``http_token`` in ``$CREDENTIALS_DIRECTORY``).
+the file: ``MOVEMENT_EDGE_MQTT_PASSWORD``, ``MOVEMENT_EDGE_HTTP_TOKEN`` and
+``MOVEMENT_EDGE_HTTP_VIEWER_TOKEN`` (or the credentials ``mqtt_password`` / ``http_token`` /
+``http_viewer_token`` in ``$CREDENTIALS_DIRECTORY``).
+
+A kiosk films people, so a server listening beyond loopback must be protected (DESIGN.md §6):
+such a ``[http]`` section is refused unless it has a certificate and key (HTTPS), a viewer
+credential and a device token. Loopback keeps plain HTTP without credentials.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -27,8 +33,14 @@ from pydantic import (
 
 from device.documents import read_document
 
-SECRET_ENV = {"mqtt_password": "MOVEMENT_EDGE_MQTT_PASSWORD", "http_token": "MOVEMENT_EDGE_HTTP_TOKEN"}
-_SECRET_KEYS = frozenset({"password", "token"})
+SECRET_ENV = {
+    "mqtt_password": "MOVEMENT_EDGE_MQTT_PASSWORD",
+    "http_token": "MOVEMENT_EDGE_HTTP_TOKEN",
+    "http_viewer_token": "MOVEMENT_EDGE_HTTP_VIEWER_TOKEN",
+}
+# Keys whose values are never echoed in an error: secrets, and a camera's URL or GStreamer
+# pipeline, which may carry the camera's password (rtsp://user:password@…).
+_SECRET_KEYS = frozenset({"password", "token", "viewer_token", "url", "pipeline"})
 
 
 DEVICE_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -49,6 +61,9 @@ class DeviceSection(_Section):
     name: str = Field("", description="human name shown on the status page and in Home Assistant")
     state_dir: Path = Field(Path("/var/lib/movement-edge"), description="outbox database and models")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    privacy: bool = Field(
+        False, description="no camera image leaves the pose stage: the page draws skeletons on a blank canvas"
+    )
 
 
 class FileSource(_Section):
@@ -201,6 +216,71 @@ class HttpSection(_Section):
     )
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the token stored hashed")
     max_upload_mb: float = Field(64.0, gt=0, le=1024)
+    viewer_token: str | None = Field(
+        None,
+        min_length=16,
+        description=f"credential to look (page, API, metrics) beyond loopback; prefer "
+        f"${SECRET_ENV['http_viewer_token']}",
+    )
+    viewer_token_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="the viewer token stored hashed"
+    )
+    allowed_hosts: list[str] = Field(
+        ["localhost", "127.0.0.1", "::1"],
+        min_length=1,
+        description="names the Host header may carry (port stripped); the address a client connected "
+        "to is always accepted as an IP literal",
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="a browser login lasts this long")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        names = [host.strip().lower().removeprefix("[").removesuffix("]") for host in hosts]
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9_.:-]+", name) or name.strip(".:") == "":
+                raise ValueError(f"{name!r} is not a host name or IP address (no scheme, port or path)")
+        return names
+
+    @model_validator(mode="after")
+    def _exposure_needs_protection(self) -> HttpSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "http.tls_key" if self.tls_key is None else "http.tls_cert"
+            raise ValueError(f"{missing} is required: http.tls_cert and http.tls_key go together")
+        if self.token_hash is not None and self.token_hash == self.viewer_hash:
+            raise ValueError("http.viewer_token must differ from http.token: viewers must not change models")
+        if not self.enabled or self.bind.is_loopback:
+            return self
+        missing = [
+            key
+            for key, present in (
+                ("http.tls_cert and http.tls_key", self.tls_cert is not None),
+                (f"http.viewer_token (or ${SECRET_ENV['http_viewer_token']})", self.viewer_hash is not None),
+                (f"http.token (or ${SECRET_ENV['http_token']})", self.token_hash is not None),
+            )
+            if not present
+        ]
+        if missing:
+            raise ValueError(
+                f"http.bind {self.bind} listens beyond loopback, so it needs " + ", ".join(missing)
+            )
+        return self
+
+    @property
+    def token_hash(self) -> str | None:
+        """The device token's SHA-256 (hex): what the server holds instead of the token."""
+        return self.token_sha256 or (_sha256(self.token) if self.token else None)
+
+    @property
+    def viewer_hash(self) -> str | None:
+        """The viewer token's SHA-256 (hex)."""
+        return self.viewer_token_sha256 or (_sha256(self.viewer_token) if self.viewer_token else None)
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class StationSection(_Section):
@@ -285,6 +365,7 @@ def parse_config(
     for name, (section, key) in {
         "mqtt_password": ("mqtt", "password"),
         "http_token": ("http", "token"),
+        "http_viewer_token": ("http", "viewer_token"),
     }.items():
         value = _secret(name, env)
         if value and isinstance(data.setdefault(section, {}), dict):  # else validation names the section

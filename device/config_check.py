@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from device.certificates import CertificateError, check_server_pair
 from device.config import CameraSource, Config, FileSource, GStreamerSource, PiCameraSource
 from device.model.bundle import BundleError, load_public_key, open_bundle
 
@@ -171,5 +172,19 @@ def _tls(config: Config) -> Iterator[str]:
             yield f"mqtt.tls.{key} {path}: {problem}"
 
 
-CHECKS: tuple[Check, ...] = (_state, _source, _pose, _model, _tls)
+def _https(config: Config) -> Iterator[str]:
+    """The HTTPS certificate and key: readable, a pair, not expired, the key not world-readable."""
+    http = config.http
+    if not http.enabled or http.tls_cert is None or http.tls_key is None:
+        return
+    try:
+        check_server_pair(http.tls_cert, http.tls_key)
+    except CertificateError as exc:
+        yield f"http.tls_{exc.which} {exc.path}: {exc.reason}"
+        return
+    if http.tls_key.stat().st_mode & stat.S_IROTH:
+        yield f"http.tls_key {http.tls_key}: readable by every user of the kiosk (chmod o-r)"
+
+
+CHECKS: tuple[Check, ...] = (_state, _source, _pose, _model, _tls, _https)
 """In the order of the example configuration's sections."""

@@ -10,12 +10,16 @@ Lifecycle is explicit (:meth:`Daemon.start`, :meth:`Daemon.run`, :meth:`Daemon.s
 of start steps and an ordered stop that joins every thread, publishes ``stopped``, flushes and
 closes the database. Loops wait with timeouts and check one stop event, so SIGTERM never has to
 become SIGKILL. Nothing opens a camera or a connection at import time.
+
+Storage that fails (a read-only or full SD card, a damaged database), at start or later, is a
+reported degraded state, never a crash: results are then held in memory and published directly
+(:mod:`device.spool`), ``/healthz`` fails naming storage, and the outbox is reopened every
+``storage_retry_s``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -24,23 +28,25 @@ from pathlib import Path
 from typing import Any
 
 from device import __version__
+from device.access import AccessPolicy
 from device.activities import ActivityEvent
 from device.capture import Capture, open_source
-from device.classifier import Classifier
+from device.classifier import Classifier, Step
 from device.config import Config
 from device.decisions import DecisionSettings, Output
+from device.http_server import WebServer, tls_context
 from device.model.bundle import Smoothing
 from device.model.loaded import LoadedModel
 from device.model.store import Activation, ModelRejected, ModelStore
-from device.outbox import Outbox, OutboxError
 from device.pose import PoseModelError, PoseOptions, check_task_file, offline_task_path
 from device.prediction import Prediction
 from device.publisher import MqttPublisher
 from device.sources import Frame
+from device.spool import MEMORY_ROWS, RETRY_S, Spool, Stamp
 from device.stations import Station
-from device.status import LiveView, StatusBoard, counter_text
+from device.status import LiveView, PersonView, StatusBoard, counter_text
 from device.systemd import Notifier
-from device.web import WebServer, create_app
+from device.web import create_app
 
 log = logging.getLogger("device.daemon")
 
@@ -57,12 +63,14 @@ class Daemon:
         *,
         opener: Callable = open_source,
         notifier: Notifier | None = None,
+        storage_retry_s: float = RETRY_S,
     ) -> None:
         self.config = config
-        self.status = StatusBoard(config.device.id)
+        self.storage_retry_s = storage_retry_s
+        self.status = StatusBoard(config.device.id, privacy=config.device.privacy)
         self.capture = Capture(config.source, config.capture, self.status, opener)
         self.notifier = notifier or Notifier()
-        self.outbox: Outbox | None = None
+        self.outbox: Spool | None = None  # the durable outbox, and memory while storage fails
         self.publisher: MqttPublisher | None = None
         self.web: WebServer | None = None
         self.store: ModelStore | None = None
@@ -79,10 +87,9 @@ class Daemon:
         self._model_change = threading.Lock()
         self._stop = threading.Event()
         self._pipeline = threading.Thread(target=self._run_pipeline, name="pipeline", daemon=True)
-        self._ready_sent = False
         self._person_present: bool | None = None
         self._last_prediction_payload: dict | None = None
-        self._storing_fails = False  # the last append to the outbox failed (logged once per run)
+        self._storing_fails = False  # the last result was refused as unpublishable (logged once per run)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -91,18 +98,26 @@ class Daemon:
 
         The model is the store's active version, so a restart keeps what was last activated; a
         fresh device installs ``model.bundle`` through the same checks (see :meth:`_load_model`).
+        An outbox that cannot be opened is reported (``storage`` in the status), not raised.
+        Ends by telling systemd ``READY=1``: ready means serving, with or without a model — a
+        freshly provisioned kiosk waits for one, and ``Type=notify`` must not restart it for that.
         """
         config = self.config
-        config.device.state_dir.mkdir(parents=True, exist_ok=True)
+        tls = tls_context(config.http)  # a bad certificate stops the start before anything runs
         if config.mqtt.enabled:
             cap_mb = config.outbox.max_mb
-            self.outbox = Outbox.open_or_reset(
+            self.outbox = Spool(
                 config.outbox_path,
                 max_rows=config.outbox.max_rows,
                 synchronous=config.outbox.synchronous,
                 max_bytes=None if cap_mb is None else int(cap_mb * 2**20),
+                memory_rows=min(config.outbox.max_rows, MEMORY_ROWS),
+                retry_s=self.storage_retry_s,
+                status=self.status,
             )
-            self.publisher = MqttPublisher(config.mqtt, config.device.id, self.outbox, self.status)
+            self.publisher = MqttPublisher(
+                config.mqtt, config.device.id, self.outbox, self.status, device_name=config.device.name
+            )
             self.publisher.start()
         self.store = ModelStore.from_config(config)
         self._load_model()
@@ -111,24 +126,31 @@ class Daemon:
         if config.http.enabled:
             app = create_app(
                 self.status,
-                token_sha256=self._token_sha256(),
+                access_policy=AccessPolicy.from_config(config.http),
                 max_upload_mb=config.http.max_upload_mb,
                 models=self,
                 device_name=config.device.name,
             )
-            self.web = WebServer(app, str(config.http.bind), config.http.port)
+            self.web = WebServer(app, str(config.http.bind), config.http.port, tls=tls)
             self.web.start()
         log.info(
             "daemon started",
             extra={"device_id": config.device.id, "version": __version__, "http_port": self.http_port},
         )
+        self.notifier.notify("READY=1", self._status_line())
 
     @property
     def http_port(self) -> int | None:
         return self.web.port if self.web is not None else None
 
     def run(self) -> None:
-        """Block until :meth:`request_stop`; meanwhile keep systemd and the status board current."""
+        """Block until :meth:`request_stop`; meanwhile keep systemd and the status board current.
+
+        The watchdog is fed while frames get through pose, so a hung camera or pipeline gets the
+        service restarted. A storage failure does not stop the feeding: the process still
+        classifies and publishes (from memory), and a restart cannot repair a read-only or full
+        card; it would only lose what memory holds. ``/healthz`` fails instead, naming storage.
+        """
         watchdog = self.notifier.watchdog_interval_s() or _HOUSEKEEPING_S
         while not self._stop.wait(min(watchdog, _HOUSEKEEPING_S)):
             self._housekeeping()
@@ -155,26 +177,24 @@ class Daemon:
     def _housekeeping(self) -> None:
         flowing = self.status.frames_flowing()
         if self.outbox is not None:
+            self.outbox.maintain()  # reopens a failed outbox when its retry is due
             self.status.set_outbox(self.outbox.depth, self.outbox.dropped)
-        if not self._ready_sent and self.classifier.model is not None and flowing:
-            self._ready_sent = self.notifier.notify("READY=1")
+            self.status.set_storage(self.outbox.state())
         if flowing:  # systemd restarts us if frames stop for longer than WatchdogSec
             self.notifier.notify("WATCHDOG=1")
+        self.notifier.notify(self._status_line())
+
+    def _status_line(self) -> str:
+        """systemd's one-line ``STATUS=`` (``systemctl status`` shows it)."""
         snapshot = self.status.snapshot()
-        stages, camera = snapshot["stages"], snapshot["camera"]["state"]
-        self.notifier.notify(
+        stages, camera, storage = snapshot["stages"], snapshot["camera"]["state"], snapshot["storage"]
+        model = self.classifier.model
+        return (
             f"STATUS=camera {camera}; pose {stages['pose']['fps']} fps; "
             f"classify {stages['classify']['fps']} /s; model "
-            + (model.info.version if (model := self.classifier.model) else "none")
+            + (model.info.version if model is not None else "none (waiting for one)")
+            + ("" if storage["ok"] else f"; storage failed, {storage['memory']['depth']} results in memory")
         )
-
-    def _token_sha256(self) -> str | None:
-        http = self.config.http
-        if http.token_sha256:
-            return http.token_sha256
-        if http.token:
-            return hashlib.sha256(http.token.encode()).hexdigest()
-        return None
 
     # ------------------------------------------------------------------ models (web.ModelCatalog)
 
@@ -195,6 +215,28 @@ class Daemon:
     def activate(self, version: str, force: bool = False) -> dict[str, Any]:
         """Switch to a stored version (rollback or roll forward), checked again from disk."""
         return self._change_model(lambda: self._model_store().activate(version, force))
+
+    def revoke_keys(self, data: bytes) -> dict[str, Any]:
+        """Put a signed key revocation list in force (``POST /api/keys/revocations``).
+
+        Raises :class:`~device.model.revocation.RevocationRejected` (a ``ValueError``: HTTP 422).
+        A running model whose key is now revoked keeps running — stopping classification helps
+        nobody before a replacement arrives — but the page and ``model/state`` say so, and it
+        will not load at the next start.
+        """
+        with self._model_change:
+            answer = self._model_store().accept_revocations(data).as_dict()
+            model = self.classifier.model
+            if model is not None and model.manifest.key_id in answer["revoked"]:
+                detail = (
+                    f"{model.info.model_id} {model.info.version} is signed by revoked key "
+                    f"{model.manifest.key_id}; it will not load at the next start: install one signed by "
+                    "another key"
+                )
+                self.status.mark_model("rejected", detail)
+                self._publish_model_state("rejected", detail)
+                answer["detail"] += f"; {detail}"
+        return answer
 
     def _model_store(self) -> ModelStore:
         if self.store is None:
@@ -315,17 +357,37 @@ class Daemon:
             self._labels = {p: label for p, label in self._labels.items() if p in dict(step.people)}
         self._publish(step.outputs)
         self.status.count("frames_processed")  # counted once its results are out
+        self._show(frame, step)
+
+    def _show(self, frame: Frame, step: Step) -> None:
+        """The live view's newest frame: everyone in view with their latest label, the stations;
+        in privacy mode the keypoints without the image."""
         previous = self.status.view
         latest = step.predictions[-1] if step.predictions else (previous.prediction if previous else None)
-        counter = counter_text(self.classifier.activity_state())
-        self.status.set_view(LiveView(frame.image, step.person, latest, frame.frame_number, counter))
+        people = tuple(
+            PersonView(person, points, self._display_name(self._labels.get(person)))
+            for person, points in step.people
+        )
+        height, width = frame.image.shape[:2]
+        self.status.set_view(
+            LiveView(
+                None if self.status.privacy else frame.image,
+                step.person,
+                latest,
+                frame.frame_number,
+                counter_text(self.classifier.activity_state()),
+                people,
+                self.classifier.stations,
+                (width, height),
+            )
+        )
 
     def _publish(self, outputs: Sequence[Output]) -> None:
         """Every classification and activity event, in order: stored, then on the board and retained."""
         for output in outputs:
-            seq = self._store(output)
+            stamp = self._store(output)
             if isinstance(output, Prediction):
-                self._classified(output, seq)
+                self._classified(output, stamp)
             else:
                 self.status.add_event(output)
         if any(isinstance(o, ActivityEvent) for o in outputs):
@@ -334,47 +396,51 @@ class Daemon:
             if self.publisher is not None and state is not None:
                 self.publisher.set_activity(state)
 
-    def _store(self, output: Output) -> int | None:
-        """Store one output durably for the publisher; its ``seq``, or None when it could not be.
+    def _store(self, output: Output) -> Stamp | None:
+        """Hand one output to the spool for the publisher; its ``(epoch, seq)``, or None without MQTT.
 
-        A failing outbox (disk full, a broken database) costs this one result, which is counted
-        (``outbox_errors``; the outbox counts a full disk's losses as dropped too); the pipeline
-        keeps classifying and the page keeps showing results. The error is logged when such a
-        run of failures begins, not 20 times a second into a journal on the same full disk.
+        The spool stores it durably, or holds it in memory while storage fails, so a failing SD
+        card costs no result here. Only a payload MQTT or JSON cannot carry (NaN from a broken
+        model) is refused; it is counted (``outbox_errors``) and logged when such a run begins,
+        not 20 times a second; the pipeline keeps classifying and the page keeps showing results.
         """
         if self.outbox is None or self.publisher is None:
             return None
         try:
-            seq = self.outbox.append(self.publisher.topic(output.topic), output.payload())
-        except (OutboxError, ValueError) as exc:
+            stamp = self.outbox.append(self.publisher.topic(output.topic), output.payload())
+        except ValueError as exc:
             if not self._storing_fails:
-                log.error("result not stored", extra={"topic": output.topic, "reason": str(exc)})
+                log.error("result not publishable", extra={"topic": output.topic, "reason": str(exc)})
             self._storing_fails = True
             self.status.count("outbox_errors")
             return None
         if self._storing_fails:
-            log.info("results stored again", extra={"path": str(self.outbox.path)})
+            log.info("results publishable again", extra={"topic": output.topic})
             self._storing_fails = False
         self.publisher.notify()
-        return seq
+        return stamp
 
-    def _classified(self, prediction: Prediction, seq: int | None) -> None:
+    def _classified(self, prediction: Prediction, stamp: Stamp | None) -> None:
         """The board and the retained ``state`` follow the latest classification."""
         self.status.add_prediction(prediction)
         payload = prediction.payload()
-        model = self.classifier.model
-        label_name = model.info.display_name(prediction.label) if model else prediction.label
         self._labels[prediction.person] = prediction.label
         self._last_prediction_payload = {
-            **({"seq": seq} if seq is not None else {}),
+            **({"seq": stamp.seq, "epoch": stamp.epoch} if stamp is not None else {}),
             **payload,
-            "label_name": label_name,
+            "label_name": self._display_name(prediction.label),
             "people": [{"person": p, "label": label} for p, label in sorted(self._labels.items())],
         }
-        if seq is not None and self.publisher is not None:
+        if stamp is not None and self.publisher is not None:
             self.publisher.set_state(
                 {**self._last_prediction_payload, "person_present": bool(self._person_present)}
             )
+
+    def _display_name(self, label: str | None) -> str | None:
+        """What the bundle calls ``label`` where it gives a display name (the page and retained
+        state show it; payloads keep the model's label)."""
+        model = self.classifier.model
+        return model.info.display_name(label) if model is not None and label is not None else label
 
     def _presence(self, present: bool) -> None:
         if present == self._person_present:

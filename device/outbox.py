@@ -16,9 +16,16 @@ Decisions, and why:
   one transaction by the publisher). ``synchronous="normal"`` (config ``outbox.synchronous``)
   trades the last moments before a power cut for fewer writes — kinder to an SD card at many
   results per second — and still survives a crashed or killed process.
-- **``seq`` never goes backwards.** ``INTEGER PRIMARY KEY AUTOINCREMENT`` keeps its high-water
-  mark in ``sqlite_sequence``, so numbers are not reused after the table was drained or the
-  device restarted; subscribers drop duplicates by ``seq``.
+- **``seq`` never goes backwards, and ``epoch`` names the numbering.** ``INTEGER PRIMARY KEY
+  AUTOINCREMENT`` keeps its high-water mark in ``sqlite_sequence``, so numbers are not reused
+  after the table was drained or the device restarted. But a database that was corrupt and
+  moved aside starts again at 1; so every payload also carries ``epoch`` (DESIGN.md §5), a random
+  id made with the database and stored in it, and subscribers drop duplicates by ``(epoch, seq)``:
+  a new database's results can never look like repeats of the old one's.
+- **A database moved aside is a counted loss.** :meth:`Outbox.open_or_reset` reads how many rows
+  the damaged file still held (and its own ``dropped`` count) where SQLite can read them, adds
+  them to the new file's ``dropped``, and reports them in :attr:`Outbox.moved_aside` (``rows``
+  None: the damaged file could not be counted, the loss is unknown).
 - **Bounded, policy ``drop_oldest``.** When an append would exceed ``max_rows`` the oldest rows
   are deleted in the same transaction and counted; the counter lives in the database, so the
   loss is reported even after a restart. New results are worth more than old ones on a live
@@ -27,22 +34,32 @@ Decisions, and why:
   ``outbox.max_mb``) becomes SQLite's ``max_page_count``, so the file cannot outgrow its share of
   an SD card. When an append meets ``SQLITE_FULL`` — that cap, or a disk that filled up — the
   oldest rows are deleted to make room for the new one *in the same transaction* (a failed try
-  rolls back, deletions included), so the newest result is kept and every loss is counted. Only
-  when even an empty table cannot take the row is the message itself lost: it has no ``seq``,
-  :class:`OutboxFullError` says so, and it is still counted as dropped (written to the database
-  with the next append that succeeds). Nothing needs resetting: once acknowledgements free pages
-  (or the disk has room again) appends simply succeed.
+  rolls back, deletions included), so the newest result is kept and every loss is counted.
+- **A really full disk needs room to delete.** In WAL mode a deletion is a write: its pages go to
+  the ``-wal`` file first and reach the database at a checkpoint, and both may need new blocks.
+  On a disk that is 100 % full neither can happen, and the newest results would be lost instead
+  of the oldest. So the outbox keeps a *reserve*: a preallocated file ``<name>-reserve`` of
+  :data:`RESERVE_PAGES` pages (twice the largest the WAL gets between checkpoints). When the disk
+  is full, the reserve is given up, a checkpoint restarts the WAL (its file is then reused from
+  the start without growing), and the database is pinned at its present page count, so from
+  then on every row reuses the pages the dropped rows freed: the outbox keeps working in the
+  space it has. Once the file system has twice the reserve free again, the reserve is made
+  again and the pin lifted. Only when even an empty table cannot take a row does an append
+  raise :class:`OutboxFullError`; the message is then not stored and not counted here: the
+  caller still has it (:class:`device.spool.Spool` keeps it in memory).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +69,16 @@ from sqlite_utils import Database
 log = logging.getLogger("device.outbox")
 
 DROP_OLDEST = "drop_oldest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the meta table with the epoch; version 1 files are upgraded on open
+WAL_PAGES = 1000
+"""Pages the WAL holds before a checkpoint (SQLite's default, set explicitly: the reserve depends on it)."""
+RESERVE_PAGES = 2 * WAL_PAGES
+"""Size of the reserve file in pages: one checkpoint's growth of the database plus a WAL's worth."""
 _CORRUPTION = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _ROOM_FIRST_DROP = 16  # rows deleted by the first try to make room (a page holds several rows)
 _ROOM_GROWTH = 4  # each further try deletes this many times more, up to every row
 _SIDECARS = ("-wal", "-shm")
+_RESERVE = "-reserve"
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,8 +90,31 @@ _SCHEMA = (
     )""",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO counters (name, value) VALUES ('dropped', 0)",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
+
+
+def new_epoch() -> str:
+    """A random id naming one numbering of ``seq`` (64 bits: two kiosks' epochs never meet)."""
+    return secrets.token_hex(8)
+
+
+def check_message(topic: str, qos: int) -> None:
+    """Refuse what MQTT cannot publish before it is stored (``ValueError``), so it fails at its producer."""
+    if not topic or any(char in topic for char in "+#\0") or len(topic.encode()) > 65535:
+        raise ValueError(f"not a topic MQTT can publish to: {topic!r}")
+    if qos not in (0, 1, 2):
+        raise ValueError(f"qos must be 0, 1 or 2 (got {qos})")
+
+
+def encode_payload(seq: int, epoch: str, payload: Mapping[str, Any]) -> str:
+    """``{"seq": seq, "epoch": epoch, **payload}`` as compact JSON (``ValueError`` for NaN, infinity).
+
+    The caller's own ``seq`` and ``epoch`` keys are replaced: numbering is the store's business.
+    """
+    body = {key: value for key, value in payload.items() if key not in ("seq", "epoch")}
+    return json.dumps({"seq": seq, "epoch": epoch, **body}, separators=(",", ":"), allow_nan=False)
 
 
 SYNCHRONOUS = ("full", "normal")
@@ -85,7 +130,7 @@ class OutboxCorruptError(OutboxError):
 
 
 class OutboxFullError(OutboxError):
-    """SQLite said ``database or disk is full`` and no room could be made: the message was dropped."""
+    """SQLite said ``database or disk is full`` and no room could be made: the message was not stored."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +142,23 @@ class OutboxMessage:
     payload: bytes
     qos: int
     retain: bool
+    epoch: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """``(epoch, seq)``: what identifies a message for its subscribers and for acknowledging it."""
+        return self.epoch, self.seq
+
+
+@dataclass(frozen=True)
+class MovedAside:
+    """A corrupt outbox renamed by :meth:`Outbox.open_or_reset`, and what was lost with it."""
+
+    path: Path
+    rows: int | None  # unsent rows it still held; None when the damaged file could not be counted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "rows": self.rows}
 
 
 class Outbox:
@@ -117,6 +179,7 @@ class Outbox:
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.moved_aside: MovedAside | None = None  # set by open_or_reset when it replaced a corrupt file
         self._lock = threading.Lock()
         self._db: Database | None = None
         try:
@@ -129,10 +192,10 @@ class Outbox:
             raise self._error("open", exc) from exc
         try:
             db = Database(connection, execute_plugins=False)
-            self._prepare(db)
+            self._page_size, self._page_limit = self._prepare(db)
+            self.epoch: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0]
             self._depth = db["outbox"].count
             self._dropped = self._read_dropped(db)
-            self._unsaved_drops = 0  # messages lost without a row, not yet added to the stored counter
         except sqlite3.Error as exc:
             connection.close()
             raise self._error("open", exc) from exc
@@ -141,6 +204,10 @@ class Outbox:
             raise
         self._db = db
         self._full = False  # inside an overflow episode (logged once when it begins)
+        self._pinned = False  # the disk is full: the file may not grow (see _make_room_on_disk)
+        self._reserve = self.path.with_name(self.path.name + _RESERVE)
+        self._reserve_warned = False
+        self._keep_reserve()
 
     @classmethod
     def open_or_reset(
@@ -149,60 +216,67 @@ class Outbox:
         """Open the outbox; a corrupt file is renamed ``<name>.corrupt-<UTC time>`` and a new one started.
 
         The daemon must keep running on a kiosk nobody watches, so a damaged database costs its
-        unsent rows (kept in the renamed file for inspection) rather than the service.
+        unsent rows (kept in the renamed file for inspection) rather than the service. Those rows
+        are counted as dropped in the new file and described by :attr:`moved_aside`; the new file
+        has a new ``epoch``, so its ``seq`` 1 is not mistaken for the old file's.
         """
         path = Path(path)
         try:
             return cls(path, max_rows, synchronous, max_bytes)
         except OutboxCorruptError as exc:
             moved = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-            for suffix in ("", *_SIDECARS):
-                source = path.with_name(path.name + suffix)
-                if source.exists():
-                    source.rename(moved.with_name(moved.name + suffix))
+            try:
+                for suffix in ("", *_SIDECARS):
+                    source = path.with_name(path.name + suffix)
+                    if source.exists():
+                        source.rename(moved.with_name(moved.name + suffix))
+            except OSError as error:
+                raise OutboxError(f"{path}: corrupt and cannot be moved aside ({error.strerror})") from exc
+            rows, dropped = _count_unsent(moved)
             log.error(
                 "outbox corrupt; moved aside",
-                extra={"path": str(path), "moved_to": str(moved), "reason": str(exc)},
+                extra={"path": str(path), "moved_to": str(moved), "reason": str(exc), "unsent_rows": rows},
             )
-            return cls(path, max_rows, synchronous, max_bytes)
+            outbox = cls(path, max_rows, synchronous, max_bytes)
+            outbox.moved_aside = MovedAside(moved, rows)
+            outbox._count_drops((rows or 0) + (dropped or 0))
+            return outbox
 
     # ------------------------------------------------------------------ writing
 
     def append(self, topic: str, payload: Mapping[str, Any], qos: int = 1, retain: bool = False) -> int:
         """Store one message and return its ``seq``; the row is committed (fsynced) before this returns.
 
-        The stored JSON is ``{"seq": seq, **payload}`` (a ``seq`` key in ``payload`` is replaced).
+        The stored JSON is ``{"seq": seq, "epoch": epoch, **payload}`` (see :func:`encode_payload`).
         Raises ``ValueError`` for a topic MQTT cannot publish to or a payload JSON cannot represent
         (NaN, infinity), so a bad message fails at its producer instead of blocking the queue.
-        When the file is full, the oldest rows make room (counted in :attr:`dropped`); raises
-        :class:`OutboxFullError` only when not even an empty outbox has room (also counted).
+        When the file or the disk is full, the oldest rows make room (counted in :attr:`dropped`);
+        raises :class:`OutboxFullError` only when not even an empty outbox has room (the message is
+        then not stored: the caller still holds it).
         """
-        _check_topic(topic)
-        if qos not in (0, 1, 2):
-            raise ValueError(f"qos must be 0, 1 or 2 (got {qos})")
-        body = {key: value for key, value in payload.items() if key != "seq"}
+        check_message(topic, qos)
         row = {"topic": topic, "payload": "", "qos": qos, "retain": int(retain), "created": time.time()}
         with self._lock:
+            self._unpin_when_room()
             room = 0  # rows deleted to make room for this one (grows only after SQLITE_FULL)
             while True:
                 try:
                     with self._transaction("append") as db:
                         dropped = self._drop_oldest(db, max(room, self._depth + 1 - self.max_rows))
                         seq = db["outbox"].insert(row).last_pk
-                        text = json.dumps({"seq": seq, **body}, separators=(",", ":"), allow_nan=False)
+                        text = encode_payload(seq, self.epoch, payload)
                         db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", [text, seq])
-                        self._save_drops(db, dropped + self._unsaved_drops)
+                        self._save_drops(db, dropped)
                     break
                 except OutboxFullError:
-                    if room >= self._depth:  # nothing left to delete: this message is lost
-                        self._unsaved_drops += 1
-                        self._dropped += 1
-                        self._overflowing("no room even in an empty outbox; the message is lost")
+                    if room >= self._depth:  # nothing left to delete: this message cannot be stored
+                        self._overflowing("no room even in an empty outbox; the message is not stored")
                         raise
+                    if room == 0:
+                        self._make_room_on_disk()
                     room = min(self._depth, max(_ROOM_FIRST_DROP, room * _ROOM_GROWTH))
             self._depth += 1 - dropped
             self._dropped += dropped
-            self._unsaved_drops = 0
             if dropped:
                 self._overflowing("dropping the oldest messages")
         return seq
@@ -211,17 +285,27 @@ class Outbox:
         """Delete acknowledged rows (one transaction for all of them); returns how many existed.
 
         Unknown ``seq`` values are ignored: a row may already have been dropped by the bound, or
-        acknowledged twice when a duplicate was confirmed after a reconnect.
+        acknowledged twice when a duplicate was confirmed after a reconnect. On a full disk the
+        deletion is tried again after the WAL was restarted (a deletion needs room too).
         """
         if not seqs:
             return 0
+        marks = ",".join("?" * len(seqs))
         with self._lock:
-            with self._transaction("ack") as db:
-                marks = ",".join("?" * len(seqs))
-                removed = db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", list(seqs)).rowcount
+            for attempt in range(2):
+                try:
+                    with self._transaction("ack") as db:
+                        deleted = db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", list(seqs))
+                        removed = deleted.rowcount
+                    break
+                except OutboxFullError:
+                    if attempt:
+                        raise
+                    self._make_room_on_disk()
             self._depth -= removed
             if removed:  # the backlog shrinks: an overflow episode is over
                 self._full = False
+                self._unpin_when_room()
         return removed
 
     def _drop_oldest(self, db: Database, count: int) -> int:
@@ -237,6 +321,15 @@ class Outbox:
         if count > 0:
             db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", [count])
 
+    def _count_drops(self, count: int) -> None:
+        """Add losses that happened outside an append (a database moved aside) to the stored count."""
+        if count <= 0:
+            return
+        with self._lock:
+            with self._transaction("count") as db:
+                self._save_drops(db, count)
+            self._dropped += count
+
     def _overflowing(self, what: str) -> None:
         """Log once per overflow episode (it ends when the broker acknowledges), not once per append."""
         if not self._full:
@@ -251,6 +344,65 @@ class Outbox:
                 },
             )
 
+    # ------------------------------------------------------------------ a full disk
+
+    def _make_room_on_disk(self) -> None:
+        """After ``SQLITE_FULL``: when the disk (not the size cap) is full, work within the space held.
+
+        Gives up the reserve, checkpoints so the WAL restarts (its file is reused from the start)
+        and pins the database at its page count, so rows freed by drop-oldest are reused instead
+        of the file growing. Holds the lock; never raises (the retry reports what still fails).
+        """
+        assert self._db is not None
+        free = _free_bytes(self.path.parent)
+        disk_full = free is not None and free < WAL_PAGES * self._page_size  # not just the size cap
+        try:
+            if disk_full and self._reserve.exists():
+                self._reserve.unlink()
+                self._reserve_warned = False
+                log.warning("disk full; the outbox's reserve is released", extra={"path": str(self.path)})
+            self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            if disk_full:
+                pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+                self._db.execute(f"PRAGMA max_page_count = {pages}")
+                self._pinned = True
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("disk full; no room made", extra={"path": str(self.path), "reason": str(exc)})
+
+    def _unpin_when_room(self) -> None:
+        """Once the disk has room again (twice the reserve free), make the reserve and lift the pin."""
+        if self._db is None or not (self._pinned or not self._reserve.exists()):
+            return
+        free = _free_bytes(self.path.parent)
+        if free is None or free < 2 * RESERVE_PAGES * self._page_size:
+            return
+        if self._pinned:
+            self._db.execute(f"PRAGMA max_page_count = {self._page_limit}")
+            self._pinned = False
+            log.info("disk has room again; the outbox may grow", extra={"path": str(self.path)})
+        self._keep_reserve()
+
+    def _keep_reserve(self) -> None:
+        """Preallocate the reserve file (real blocks: ``posix_fallocate``); without room, go on without it."""
+        size = RESERVE_PAGES * self._page_size
+        try:
+            if self._reserve.exists() and self._reserve.stat().st_size >= size:
+                return
+            descriptor = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(descriptor, 0, size)
+            finally:
+                os.close(descriptor)
+        except OSError as exc:
+            with suppress(OSError):
+                self._reserve.unlink(missing_ok=True)  # a partial reserve would only take space
+            if not self._reserve_warned:
+                self._reserve_warned = True
+                log.warning(
+                    "no room for the outbox's reserve; a full disk may then cost the newest results",
+                    extra={"path": str(self._reserve), "reason": exc.strerror},
+                )
+
     # ------------------------------------------------------------------ reading
 
     def pending(self, after_seq: int | None = None, limit: int = 100) -> list[OutboxMessage]:
@@ -262,7 +414,12 @@ class Outbox:
             )
             return [
                 OutboxMessage(
-                    row["seq"], row["topic"], row["payload"].encode(), row["qos"], bool(row["retain"])
+                    row["seq"],
+                    row["topic"],
+                    row["payload"].encode(),
+                    row["qos"],
+                    bool(row["retain"]),
+                    self.epoch,
                 )
                 for row in rows
             ]
@@ -275,13 +432,17 @@ class Outbox:
 
     @property
     def dropped(self) -> int:
-        """Messages dropped by the bounds (rows, size, a full disk) since the file was created.
-
-        Survives restarts; a message lost while nothing could be written is added to the stored
-        count by the next append that succeeds.
-        """
+        """Messages dropped since the file was created: by the bounds (rows, size, a full disk) and
+        with a corrupt predecessor moved aside. Survives restarts."""
         with self._lock:
             return self._dropped
+
+    @property
+    def disk_full(self) -> bool:
+        """The file system filled up: the file keeps its size and drops its oldest rows until there is
+        room again (see the module docstring)."""
+        with self._lock:
+            return self._pinned
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,24 +461,36 @@ class Outbox:
 
     # ------------------------------------------------------------------ internals
 
-    def _prepare(self, db: Database) -> None:
-        """Check the file, switch to WAL + FULL, create the schema, apply the size cap (all idempotent)."""
+    def _prepare(self, db: Database) -> tuple[int, int]:
+        """Check the file, switch to WAL + FULL, create the schema and epoch, apply the size cap.
+
+        All idempotent; returns the page size and the page limit (the cap's, or SQLite's own).
+        """
         problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
         if problems != ["ok"]:
             raise OutboxCorruptError(f"{self.path}: damaged database ({'; '.join(problems[:3])})")
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if not 0 <= version <= SCHEMA_VERSION:
             raise OutboxError(
                 f"{self.path}: outbox schema version {version}, this device knows {SCHEMA_VERSION}"
             )
         db.enable_wal()
         db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute(f"PRAGMA wal_autocheckpoint = {WAL_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_PAGES * page_size}")
         with db.atomic():
             for statement in _SCHEMA:
                 db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', ?)", [new_epoch()])
+            if version < 2:  # rows stored by schema 1 go out with the epoch the file now has
+                db.execute(
+                    "UPDATE outbox SET payload = json_set(payload, '$.epoch', "
+                    "(SELECT value FROM meta WHERE name = 'epoch'))"
+                )
         if self.max_bytes is not None:  # per connection; SQLite never sets it below the file's size
-            page_size = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
+        return page_size, db.execute("PRAGMA max_page_count").fetchone()[0]
 
     @staticmethod
     def _read_dropped(db: Database) -> int:
@@ -343,7 +516,26 @@ class Outbox:
         return OutboxError(f"{self.path}: {operation} failed ({exc})")
 
 
-def _check_topic(topic: str) -> None:
-    """MQTT forbids publishing to empty topics, wildcards and NUL; refuse them before storing."""
-    if not topic or any(char in topic for char in "+#\0") or len(topic.encode()) > 65535:
-        raise ValueError(f"not a topic MQTT can publish to: {topic!r}")
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on ``folder``'s file system (None: cannot tell)."""
+    try:
+        usage = os.statvfs(folder)
+    except OSError:
+        return None
+    return usage.f_bavail * usage.f_frsize
+
+
+def _count_unsent(path: Path) -> tuple[int | None, int | None]:
+    """(rows, dropped) of a database moved aside, each None where the damaged file cannot say."""
+
+    def read(sql: str) -> int | None:
+        try:
+            with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+                return int(db.execute(sql).fetchone()[0])
+        except (sqlite3.Error, TypeError, ValueError):
+            return None
+
+    return (
+        read("SELECT count(*) FROM outbox NOT INDEXED"),
+        read("SELECT value FROM counters NOT INDEXED WHERE name = 'dropped'"),
+    )

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from device.keypoints import JOINT_INDEX, VISIBILITY, X, Y
-from device.status import LiveView
+from device.stations import Station
+from device.status import LiveView, PersonView
 
 BONES: tuple[tuple[str, str], ...] = (
     # face
@@ -60,7 +61,10 @@ BONES: tuple[tuple[str, str], ...] = (
 MIN_VISIBILITY = 0.5
 """Joints MediaPipe itself considers probably hidden are not drawn (nor their bones)."""
 
-_BONE_INDEX = np.array([(JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in BONES], dtype=np.intp)
+BONE_PAIRS: tuple[tuple[int, int], ...] = tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in BONES)
+"""The bones as joint indices (``/api/pose`` gives them, so a page draws what this module draws)."""
+
+_BONE_INDEX = np.array(BONE_PAIRS, dtype=np.intp)
 # One colour per body side, so a mirrored or crossed pose is readable at a glance (BGR).
 _LEFT, _RIGHT, _CENTER = (0, 165, 255), (255, 200, 0), (235, 235, 235)
 _SIDE_COLORS = (_LEFT, _RIGHT, _CENTER)
@@ -76,12 +80,14 @@ def _side(a: str, b: str) -> int:
 
 _SIDE_MASKS = tuple(np.array([_side(a, b) == side for a, b in BONES]) for side in range(len(_SIDE_COLORS)))
 _OUTLINE = (20, 20, 20)
+_STATION = (80, 220, 120)  # stations in green (BGR)
 _SHIFT = 4  # sub-pixel precision bits for OpenCV's anti-aliased drawing
 _FONT = cv2.FONT_HERSHEY_DUPLEX
 
 
-def draw_view(view: LiveView, max_width: int = 960) -> np.ndarray:
-    """A new BGR image: ``view.image`` at most ``max_width`` wide, with skeleton and label banner.
+def draw_view(view: LiveView, max_width: int = 960, *, banner: bool = True) -> np.ndarray:
+    """A new BGR image: ``view.image`` at most ``max_width`` wide, with the skeletons, the
+    stations and (unless ``banner`` is False) the label banner.
 
     The view's image is shared and read-only; it is never modified.
     """
@@ -93,10 +99,51 @@ def draw_view(view: LiveView, max_width: int = 960) -> np.ndarray:
     else:
         canvas = image.copy()
     thickness = max(2, round(canvas.shape[1] / 240))
-    if view.points is not None:
+    for station in view.stations:
+        _draw_station(canvas, station, scale, thickness)
+    if view.people:  # several people classified: each skeleton tagged with its id and label
+        for person in view.people:
+            _draw_skeleton(canvas, person.points, scale, thickness)
+            _draw_tag(canvas, person, scale)
+    elif view.points is not None:
         _draw_skeleton(canvas, view.points, scale, thickness)
-    _draw_banner(canvas, view)
+    if banner:
+        _draw_banner(canvas, view)
     return canvas
+
+
+def _draw_station(canvas: np.ndarray, station: Station, scale: float, thickness: int) -> None:
+    """The station's outline and its name at its first corner, so a mat's owner can see its edges."""
+    corners = np.round(np.asarray(station.polygon) * scale * (1 << _SHIFT)).astype(np.int32)
+    cv2.polylines(canvas, [corners], True, _STATION, max(1, thickness // 2), cv2.LINE_AA, _SHIFT)
+    x, y = (int(v) for v in np.asarray(station.polygon[0]) * scale)
+    _label(canvas, station.name, (x + 4, y + 4), _STATION, centered=False)
+
+
+def _draw_tag(canvas: np.ndarray, person: PersonView, scale: float) -> None:
+    """``#2 squat`` above the person's highest visible joint."""
+    xy = person.points[:, [X, Y]] * scale
+    visible = np.isfinite(xy).all(axis=1) & (person.points[:, VISIBILITY] >= MIN_VISIBILITY)
+    if not visible.any():
+        return
+    x = float(np.median(xy[visible, 0]))
+    y = float(xy[visible, 1].min())
+    text = f"#{person.person}" + (f" {person.label}" if person.label else "")
+    _label(canvas, text, (round(x), round(y) - 28), (255, 255, 255), centered=True)
+
+
+def _label(
+    canvas: np.ndarray, text: str, at: tuple[int, int], color: tuple[int, int, int], *, centered: bool
+) -> None:
+    """Text on a dark box whose top edge is at ``at`` (its middle, or its left end unless
+    ``centered``), moved inside the image where it would leave it."""
+    font_scale = max(0.4, canvas.shape[1] / 1600)
+    (width, height), base = cv2.getTextSize(text, _FONT, font_scale, 1)
+    left = at[0] - width // 2 if centered else at[0]
+    x = int(np.clip(left, 0, max(0, canvas.shape[1] - width - 4)))
+    y = int(np.clip(at[1], 0, max(0, canvas.shape[0] - height - base - 4)))
+    cv2.rectangle(canvas, (x, y), (x + width + 4, y + height + base + 4), _OUTLINE, -1)
+    cv2.putText(canvas, text, (x + 2, y + height + 2), _FONT, font_scale, color, 1, cv2.LINE_AA)
 
 
 def _draw_skeleton(canvas: np.ndarray, points: np.ndarray, scale: float, thickness: int) -> None:

@@ -22,15 +22,24 @@ until a CONNACK with success. When the connection drops, the worker forgets the 
 after the next successful connect, resends from the oldest unacknowledged row; paho's own copies of
 unacknowledged messages are dropped on connect so they are not sent a second time. A message whose
 PUBACK was lost with the connection is therefore delivered twice — subscribers drop duplicates by
-``seq``, which never goes backwards (see :mod:`device.outbox`).
+``(epoch, seq)``, which never repeats (see :mod:`device.outbox` and :mod:`device.spool`: the rows
+come from the durable outbox, or from memory while storage fails).
+
+A broker can accept a connection, answer pings and still never acknowledge a publish (a wedged
+bridge or plugin, a proxy in between). The keepalive cannot see that, so acknowledgements have a
+deadline of their own: when the oldest message in flight has waited :data:`ACK_TIMEOUT_S`, the
+worker gives the connection up (``mqtt.detail`` says why, ``mqtt_ack_timeouts`` counts it) and
+paho reconnects; everything unacknowledged is sent again on the new connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -46,11 +55,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device import __version__
 from device.config import MqttSection, TlsSection
 from device.outbox import Outbox
+from device.spool import Spool
 from device.status import StatusBoard
 
 log = logging.getLogger("device.publisher")
 
 IN_FLIGHT = 20  # outbox messages sent and not yet acknowledged, at most
+ACK_TIMEOUT_S = 30.0
+"""The longest a message in flight waits for its PUBACK before the connection is given up."""
 RECONNECT_DELAY_S = (1, 30)  # paho's reconnect backoff: first wait, longest wait
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 _WAKE_S = 1.0  # the worker's longest sleep: how late it may notice a stop
@@ -96,7 +108,7 @@ class Topics:
         return self("activity")
 
 
-def discovery_payload(topics: Topics, device_id: str) -> dict[str, Any]:
+def discovery_payload(topics: Topics, device_id: str, name: str = "") -> dict[str, Any]:
     """Home Assistant device-based discovery: the device, and sensors fed by the retained ``state``.
 
     Availability maps anything but ``online`` (``offline``, ``stopped``) to unavailable.
@@ -105,7 +117,7 @@ def discovery_payload(topics: Topics, device_id: str) -> dict[str, Any]:
     return {
         "dev": {
             "ids": [uid],
-            "name": f"Movement {device_id}",
+            "name": name or f"Movement {device_id}",  # [device] name, as on the status page
             "mf": "movement-edge",
             "mdl": "kiosk",
             "sw": __version__,
@@ -211,6 +223,7 @@ def stats_payload(snapshot: Mapping[str, Any], cpu_temp_c: float | None) -> dict
         },
         "classifications": counters["classifications"],
         "outbox": dict(snapshot["outbox"]),
+        "storage": dict(snapshot["storage"]),
         "cpu_temp_c": cpu_temp_c,
     }
 
@@ -260,24 +273,28 @@ class _InFlight:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.cursor: int | None = None  # the last seq handed to paho; None: start at the oldest row
-        self._by_mid: dict[int, tuple[int, float]] = {}
+        self.cursor: dict[str, int] = {}  # per epoch, the last seq handed to paho; absent: the oldest
+        self._by_mid: dict[int, tuple[tuple[str, int], float]] = {}  # in send order
 
     def room(self) -> int:
         return self.limit - len(self._by_mid)
 
-    def add(self, mid: int, seq: int, sent_at: float) -> None:
-        self._by_mid[mid] = (seq, sent_at)
-        self.cursor = seq
+    def add(self, mid: int, key: tuple[str, int], sent_at: float) -> None:
+        self._by_mid[mid] = (key, sent_at)
+        self.cursor[key[0]] = key[1]
 
-    def settle(self, mid: int) -> tuple[int, float] | None:
-        """The (seq, sent_at) of an acknowledged message id; None for ids that are not ours."""
+    def settle(self, mid: int) -> tuple[tuple[str, int], float] | None:
+        """The ((epoch, seq), sent_at) of an acknowledged message id; None for ids that are not ours."""
         return self._by_mid.pop(mid, None)
 
+    def oldest(self) -> float | None:
+        """When the longest-waiting message in flight was sent; None when nothing is in flight."""
+        return next(iter(self._by_mid.values()))[1] if self._by_mid else None
+
     def reset(self) -> None:
-        """The connection changed: nothing is in flight any more; resend from the oldest row."""
+        """The connection or the spool changed: nothing is in flight any more; resend from the oldest."""
         self._by_mid.clear()
-        self.cursor = None
+        self.cursor = {}
 
 
 class _Retained:
@@ -311,25 +328,30 @@ class MqttPublisher:
         self,
         config: MqttSection,
         device_id: str,
-        outbox: Outbox,
+        outbox: Outbox | Spool,
         status: StatusBoard,
         *,
         client_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+        device_name: str = "",
     ) -> None:
         self.config = config
         self.device_id = device_id
+        self.device_name = device_name  # Home Assistant's name for the device; empty: "Movement <id>"
         self.topics = Topics.for_device(config, device_id)
         self.client_id = client_id or f"movement-edge-{device_id}"
         self.broker = f"{config.host}:{config.port}"
-        self._outbox = outbox
+        self._outbox = outbox if isinstance(outbox, Spool) else Spool.around(outbox, status)
         self._status = status
         self._clock = clock
+        self._ack_timeout_s = ack_timeout_s
+        self._stalled = ""  # why the last connection was given up by us, until an ack arrives again
         self._link = _Link()
         self._inflight = _InFlight(IN_FLIGHT)
         self._retained = _Retained((self.topics.model_state, self.topics.state, self.topics.activity))
         self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()  # PUBACKed mids, from paho's thread
-        self._generation = 0  # the link generation the worker last acted on
+        self._generation = (0, 0)  # the link's and the spool's generations the worker last acted on
         self._wake = threading.Event()
         self._closing = threading.Event()  # stop() was called: flush, announce nothing
         self._drained = threading.Event()  # closing, and the outbox is empty or cannot be sent
@@ -452,7 +474,7 @@ class MqttPublisher:
         # paho would resend its copies of messages unacknowledged on the old connection; the worker
         # resends them from the outbox in order, so those copies would only be extra duplicates.
         client.drop_out_messages()
-        self._set_link(True, "")
+        self._set_link(True, f"reconnected; before: {self._stalled}" if self._stalled else "")
 
     @_guarded
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -513,18 +535,20 @@ class MqttPublisher:
 
     def _step(self) -> None:
         """One pass: acknowledge, react to a new connection, send what is due, report the outbox."""
-        connected, generation = self._link.state()  # read first: every PUBACK of older links is queued
+        connected, link = self._link.state()  # read first: every PUBACK of older links is queued
         self._settle()
+        generation = (link, self._outbox.generation)
         if generation != self._generation:
+            reconnected = link != self._generation[0]
             self._generation = generation
             self._inflight.reset()
-            if connected and not self._closing.is_set():
+            if reconnected and connected and not self._closing.is_set():
                 self._announce()
-        if connected:
+        if connected and not self._stall():
             for topic, payload in self._retained.take_dirty():
                 self._publish(topic, payload, qos=1, retain=True)
             self._fill()
-        if self._closing.is_set() and (not connected or self._outbox.depth == 0):
+        if self._closing.is_set() and (not connected or self._outbox.sendable == 0):
             self._drained.set()
         self._status.set_outbox(self._outbox.depth, self._outbox.dropped)
 
@@ -535,11 +559,33 @@ class MqttPublisher:
         while not self._acked.empty():  # the worker is the only consumer
             entry = self._inflight.settle(self._acked.get_nowait())
             if entry is not None:
-                seq, sent_at = entry
-                acked.append(seq)
+                key, sent_at = entry
+                acked.append(key)
                 self._status.record_stage("publish", now - sent_at)
         if acked:
             self._outbox.ack(*acked)
+            if self._stalled:  # the broker acknowledges again: the stall is history
+                self._stalled = ""
+                self._set_link(True, "")
+
+    def _stall(self) -> bool:
+        """Give the connection up when the oldest message in flight waited too long for its PUBACK.
+
+        Shutting the socket down (rather than ``disconnect()``, which would end paho's loop) makes
+        paho see a lost connection and reconnect with its backoff; the new connection resends.
+        """
+        sent_at = self._inflight.oldest()
+        if sent_at is None or self._clock() - sent_at < self._ack_timeout_s:
+            return False
+        self._stalled = f"no acknowledgement from the broker for {self._ack_timeout_s:g} s"
+        self._status.count("mqtt_ack_timeouts")
+        self._set_link(False, f"{self._stalled}; reconnecting")
+        assert self._client is not None  # the worker runs only with a client
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return True
 
     def _announce(self) -> None:
         """After every successful connect: ``online``, discovery, then the retained values."""
@@ -547,7 +593,7 @@ class MqttPublisher:
         if self.config.discovery:
             self._publish(
                 self.topics.discovery,
-                _json(discovery_payload(self.topics, self.device_id)),
+                _json(discovery_payload(self.topics, self.device_id, self.device_name)),
                 qos=1,
                 retain=True,
             )
@@ -558,11 +604,11 @@ class MqttPublisher:
         room = self._inflight.room()
         if room <= 0:
             return
-        for message in self._outbox.pending(after_seq=self._inflight.cursor, limit=room):
+        for message in self._outbox.pending(after=self._inflight.cursor, limit=room):
             info = self._publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return  # the connection just went; the next connect resends from the oldest row
-            self._inflight.add(info.mid, message.seq, self._clock())
+            self._inflight.add(info.mid, message.key, self._clock())
 
     def _publish_stats(self) -> None:
         if not self._link.state()[0]:

@@ -8,17 +8,39 @@ The daemon's live sources (:mod:`device.capture`) implement the same :class:`Fra
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
 # Used for timestamps only when a container states no frame rate (rare, but some AVI/MKV files).
 _FALLBACK_FPS = 30.0
+
+
+_SECRET_QUERY = re.compile(r"pass|pwd|token|secret|key|auth|sig|cred|session", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show: the credentials before ``@`` and password-like query values as ``***``.
+
+    Cameras take ``rtsp://user:password@host/...`` or ``?password=...``; the source's name is shown
+    on the page, in ``/api/status`` and in logs, none of which may reveal them.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{name}={'***' if _SECRET_QUERY.search(name) else value}" if sep else name
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 class SourceError(ValueError):

@@ -19,8 +19,24 @@ from typing import Any
 import numpy as np
 
 from device.activities import ActivityEvent
+from device.keypoints import VISIBILITY, X, Y
 from device.prediction import Prediction
+from device.stations import Station
 
+STORAGE_OFF: Mapping[str, Any] = {
+    "ok": True,
+    "mode": "off",  # disk | memory | off (MQTT disabled: results are not kept for anyone)
+    "detail": "",
+    "since": None,
+    "path": None,
+    "epoch": None,
+    "on_disk": None,
+    "disk_full": None,
+    "retry_s": None,
+    "memory": None,
+    "moved_aside": None,
+}
+"""``storage`` of a daemon that keeps no results; :meth:`device.spool.Spool.state` has the same keys."""
 STAGES: tuple[str, ...] = ("capture", "pose", "features", "classify", "activities", "publish")
 _TIMING_SAMPLES = 600  # per stage: enough for stable percentiles, bounded memory
 _RECENT = 20
@@ -46,14 +62,54 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class LiveView:
-    """The newest frame with what was seen in it; drawn on demand."""
+class PersonView:
+    """One tracked person in the newest frame, as the live view labels them."""
 
-    image: np.ndarray  # BGR, read-only
-    points: np.ndarray | None  # (33, 5) or None without a person
+    person: int  # the anonymous track id
+    points: np.ndarray  # (33, 5), read-only
+    label: str | None  # the person's latest classification, None before their first
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """The newest frame with what was seen in it; drawn on demand.
+
+    In privacy mode ``image`` is None: no camera image is kept past the pose stage, and only the
+    keypoints (``/api/pose``) leave the device; ``size`` still says how large the frame was.
+    """
+
+    image: np.ndarray | None  # BGR, read-only; None in privacy mode
+    points: np.ndarray | None  # (33, 5) of the person followed, or None without one
     prediction: Prediction | None
     frame_number: int
     counter: str | None = None  # the current activity's count, e.g. "squat 2", when there is one
+    people: tuple[PersonView, ...] = ()  # with several people classified: everyone in view
+    stations: tuple[Station, ...] = ()
+    size: tuple[int, int] = (0, 0)  # (width, height) of the frame in pixels
+
+    def pose(self) -> dict[str, Any]:
+        """The keypoints of everyone in view as JSON-ready data (``/api/pose``): x, y in pixels and
+        visibility per joint (None where unknown), with each person's id and latest label."""
+        people = self.people or (
+            (PersonView(1, self.points, self.prediction.label if self.prediction else None),)
+            if self.points is not None
+            else ()
+        )
+        return {
+            "frame": self.frame_number,
+            "width": self.size[0],
+            "height": self.size[1],
+            "people": [
+                {"person": p.person, "label": p.label, "points": _joints(p.points)} for p in people
+            ],
+            "stations": [{"name": s.name, "polygon": [list(c) for c in s.polygon]} for s in self.stations],
+        }
+
+
+def _joints(points: np.ndarray) -> list[list[float | None]]:
+    """``[x, y, visibility]`` per joint, rounded; NaN (a joint the source lacks) as None."""
+    picked = np.round(points[:, [X, Y, VISIBILITY]].astype(np.float64), 3)
+    return [[None if np.isnan(v) else float(v) for v in joint] for joint in picked]
 
 
 def counter_text(state: dict[str, Any] | None) -> str | None:
@@ -101,8 +157,11 @@ def _percentiles(values: tuple[float, ...], scale: float = 1.0) -> dict[str, flo
 class StatusBoard:
     """Thread-safe status of one daemon."""
 
-    def __init__(self, device_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, device_id: str, clock: Callable[[], float] = time.monotonic, *, privacy: bool = False
+    ) -> None:
         self.device_id = device_id
+        self.privacy = privacy  # no camera image leaves the device (the page draws /api/pose)
         self._clock = clock
         self._lock = threading.Lock()
         self._started = clock()
@@ -120,13 +179,17 @@ class StatusBoard:
             "frames_undecodable": 0,  # frames a video's header promised that never decoded
             "outbox_errors": 0,  # classifications and events the outbox could not store
             "activity_events": 0,
+            "storage_failures": 0,  # times the outbox became unusable (results then held in memory)
+            "mqtt_ack_timeouts": 0,  # connections given up because the broker stopped acknowledging
         }
         self._activity: dict[str, Any] | None = None  # the retained ``activity`` state
         self._activity_counts: dict[tuple[str, str], int] = {}  # (activity, event type) -> count
+        self._label_counts: dict[str, int] = {}  # bounded by the labels of the models run
         self._camera: dict[str, Any] = {"state": "starting", "source": "", "detail": ""}
         self._model: ModelInfo | None = None
         self._mqtt: dict[str, Any] = {"enabled": False, "connected": False, "broker": "", "detail": ""}
         self._outbox = {"depth": 0, "dropped": 0}
+        self._storage: dict[str, Any] = dict(STORAGE_OFF)
         self._recent: deque[Prediction] = deque(maxlen=_RECENT)
         self._person_present = False
         self._last_frame_at: float | None = None
@@ -178,6 +241,15 @@ class StatusBoard:
         with self._lock:
             self._outbox = {"depth": depth, "dropped": dropped}
 
+    def set_storage(self, state: Mapping[str, Any]) -> None:
+        """Where results are kept (:meth:`device.spool.Spool.state`); a failure fails ``/healthz``."""
+        with self._lock:
+            if (state["ok"], state["mode"], state["detail"]) != tuple(
+                self._storage[key] for key in ("ok", "mode", "detail")
+            ):
+                self._changes += 1
+            self._storage = dict(state)
+
     def set_person_present(self, present: bool) -> None:
         with self._lock:
             if present != self._person_present:
@@ -186,6 +258,7 @@ class StatusBoard:
 
     def add_prediction(self, prediction: Prediction) -> None:
         with self._lock:
+            self._label_counts[prediction.label] = self._label_counts.get(prediction.label, 0) + 1
             self._recent.append(prediction)
             self._latency.append(prediction.latency_ms)
             self._counters["classifications"] += 1
@@ -205,6 +278,11 @@ class StatusBoard:
     def activity_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(self._activity_counts)
+
+    def label_counts(self) -> dict[str, int]:
+        """Classifications per label since start (``/metrics``: how the day divides up)."""
+        with self._lock:
+            return dict(self._label_counts)
 
     def set_view(self, view: LiveView) -> None:
         with self._lock:
@@ -230,6 +308,29 @@ class StatusBoard:
     def view(self) -> LiveView | None:
         with self._lock:
             return self._view
+
+    def health_reasons(self, frame_max_age_s: float) -> list[str]:
+        """Why the kiosk is not healthy (``/healthz``), empty when it is.
+
+        Unhealthy: no frame through pose within ``frame_max_age_s``, no model, or storage failed.
+        A storage failure fails the health check but not the systemd watchdog (see
+        :meth:`device.daemon.Daemon.run`): the process still classifies and publishes from
+        memory, and a restart cannot repair a read-only card, so the check is where a person or
+        a monitor learns of it.
+        """
+        reasons = []
+        if not self.frames_flowing(frame_max_age_s):
+            reasons.append(f"no frame processed in the last {frame_max_age_s:g} s")
+        with self._lock:
+            model, storage = self._model, dict(self._storage)
+        if model is None:
+            reasons.append("no model loaded")
+        if not storage["ok"]:
+            memory = storage["memory"] or {}
+            reasons.append(
+                f"storage failed: {storage['detail']} (results held in memory: {memory.get('depth', 0)})"
+            )
+        return reasons
 
     def frames_flowing(self, max_age_s: float = 5.0) -> bool:
         """Did a frame get through pose recently? (``/healthz`` and the systemd watchdog ask.)
@@ -258,6 +359,7 @@ class StatusBoard:
             latency = tuple(self._latency)
             state = {
                 "device_id": self.device_id,
+                "privacy": self.privacy,
                 "started_at": self._started_wall,
                 "uptime_s": round(now - self._started, 1),
                 "camera": dict(self._camera),
@@ -265,6 +367,7 @@ class StatusBoard:
                 "person_present": self._person_present,
                 "mqtt": dict(self._mqtt),
                 "outbox": dict(self._outbox),
+                "storage": dict(self._storage),
                 "frames_flowing": self._last_frame_at is not None and now - self._last_frame_at <= 5.0,
                 "activity": self._activity,
             }

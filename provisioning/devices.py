@@ -1,14 +1,21 @@
-"""``init-device``: everything a new kiosk needs, written into one folder on the workstation.
+"""``init-device``: everything a new kiosk needs, in two folders: one for the kiosk, one that stays.
 
-The folder holds the device's config, the public keys it trusts and the two halves of a fresh
-bearer token: the config keeps only its SHA-256 (a copy of the kiosk's SD card does not reveal
-the token that lets one push models to it), the workstation keeps the token in clear in
-``<name>.token`` (mode 0600), referenced by the fleet entry. ``install.sh --config
-DIR/device.toml`` then installs the config and the keys beside it on the kiosk; the token file
-stays on the workstation.
+The kiosk's folder (``--out``, copied to the kiosk, where ``install.sh --config DIR/device.toml``
+installs it) holds the device's config, the public keys it trusts, and its TLS certificate and
+key (made here, self-signed, for NAME.local, NAME and every ``--host``; or the user's own with
+``--cert``/``--key``). The config serves HTTPS on every interface and keeps only the SHA-256 of
+the two fresh tokens — the device token (push models) and the viewer token (page, API, metrics)
+— so a copy of the kiosk's SD card reveals neither.
 
-Nothing is written until everything was checked: the keys load, the config passes the device's
-own validation, the fleet file (with ``--fleet``) is valid and has no device of that name.
+The tokens in clear go to the workstation folder beside it (``--workstation``, default
+``OUT.workstation``, mode 0700, each token file 0600) with the fleet entry, which names the
+kiosk's ``https://`` URL, the certificate's fingerprint that ``push`` and ``status`` pin, and the
+device token's file. Keeping them out of ``--out`` is the point: that folder is the one that gets
+copied around.
+
+Nothing is written until everything was checked: the keys and certificates load, the config passes
+the device's own validation, the fleet file (with ``--fleet``) is valid and has no device of that
+name.
 """
 
 from __future__ import annotations
@@ -20,12 +27,17 @@ import os
 import re
 import secrets
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
+from device.certificates import fingerprint, make_self_signed
 from device.cli import Command, ExitStatus, UsageError
 from device.config import ConfigError, parse_config
 from device.model.bundle import BundleError, load_public_key, write_atomic
@@ -33,6 +45,8 @@ from provisioning.fleet import DEVICE_NAME, DeviceEntry, load_fleet
 
 CONFIG_NAME = "device.toml"
 FLEET_ENTRY_NAME = "fleet-entry.toml"
+CERT_NAME = "tls.crt"  # install.sh installs these two beside device.toml
+KEY_NAME = "tls.key"
 DEFAULT_PORT = 8080
 STATE_DIR = "/var/lib/movement-edge"  # install.sh creates it, owned by the service user
 
@@ -80,19 +94,83 @@ def _source(args: argparse.Namespace) -> dict[str, Any]:
     return {"kind": args.source}
 
 
-def device_config(args: argparse.Namespace, token_sha256: str, key_names: list[str]) -> dict[str, Any]:
-    """The kiosk's config as a mapping: a fleet device listens on every interface, token hashed."""
+@dataclass(frozen=True)
+class Tokens:
+    """The two fresh bearer tokens of a kiosk, in clear: they go to the workstation only."""
+
+    device: str  # changes models (push); also grants viewing
+    viewer: str  # page, API, metrics: for people and Prometheus
+
+    @classmethod
+    def fresh(cls) -> Tokens:
+        return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32))
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def device_config(
+    args: argparse.Namespace, tokens: Tokens, key_names: list[str], hosts: list[str]
+) -> dict[str, Any]:
+    """The kiosk's config as a mapping: HTTPS on every interface, tokens hashed, Host names listed."""
     return {
         "device": {"id": args.name, "name": args.title or args.name, "state_dir": STATE_DIR},
         "source": _source(args),
         "model": {"trusted_keys": key_names},
         "mqtt": {"enabled": not args.no_mqtt, "host": args.mqtt_host, "port": args.mqtt_port},
-        "http": {"enabled": True, "bind": "0.0.0.0", "port": args.port, "token_sha256": token_sha256},
+        "http": {
+            "enabled": True,
+            "bind": "0.0.0.0",
+            "port": args.port,
+            "tls_cert": CERT_NAME,
+            "tls_key": KEY_NAME,
+            "token_sha256": _sha256(tokens.device),
+            "viewer_token_sha256": _sha256(tokens.viewer),
+            "allowed_hosts": hosts,
+        },
     }
 
 
 def fleet_entry(entry: DeviceEntry, token_file: str) -> str:
-    return toml_document([("[[device]]", {"name": entry.name, "url": entry.url, "token_file": token_file})])
+    values = entry.model_dump(include={"name", "url", "fingerprint"}, exclude_none=True)
+    return toml_document([("[[device]]", {**values, "token_file": token_file})])
+
+
+def _host_names(args: argparse.Namespace, url_host: str) -> list[str]:
+    """What the certificate covers and the Host header may say: NAME.local, NAME, --host, the URL's."""
+    hosts: list[str] = []
+    for host in [f"{args.name}.local", args.name, *args.host, url_host]:
+        bare = host.strip().strip("[]").lower()
+        if not bare:
+            raise UsageError("--host: an empty host name")
+        if bare not in hosts:
+            hosts.append(bare)
+    return hosts
+
+
+def _certificate(args: argparse.Namespace, hosts: list[str]) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM): the user's own pair, checked to belong together, or a new one."""
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together (the certificate and its private key)")
+    if args.cert is None:
+        return make_self_signed(args.name, hosts)
+    try:
+        cert_pem, key_pem = args.cert.read_bytes(), args.key.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    try:
+        cert = x509.load_pem_x509_certificates(cert_pem)[0]  # the kiosk's own comes first in a chain
+    except ValueError:
+        raise UsageError(f"--cert {args.cert}: not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):  # TypeError: the key is encrypted
+        raise UsageError(f"--key {args.key}: not a PEM private key without a passphrase") from None
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise UsageError(f"--key {args.key} is not the private key of --cert {args.cert}")
+    return key_pem, cert_pem
 
 
 def _check_fleet(path: Path, name: str) -> None:
@@ -106,20 +184,28 @@ def _check_fleet(path: Path, name: str) -> None:
 
 
 INIT_DESCRIPTION = """\
-Prepare a new kiosk: write into DIR
+Prepare a new kiosk in two folders. Into DIR (--out), copied to the kiosk:
   device.toml        its configuration (python -m device check-config --offline accepts it here,
-                     and without --offline on the kiosk, camera and files in place): HTTP on every
-                     interface with the token stored as its SHA-256, the trusted keys beside it
+                     and without --offline on the kiosk, camera and files in place): HTTPS on every
+                     interface, the tokens stored as their SHA-256, the Host names it answers to
   *.pub              copies of the trusted public keys (--trusted-key)
-  NAME.token         the bearer token in clear, mode 0600: stays on the workstation for `push`
-  fleet-entry.toml   the [[device]] entry for fleet.toml (--fleet FILE appends it for you)
-Then on the kiosk: sudo provisioning/install.sh --config DIR/device.toml (the token file is not
-installed). DIR must not exist or be empty, unless --force.
+  tls.crt, tls.key   its certificate (self-signed for NAME.local, NAME and each --host, or --cert)
+                     and private key (mode 0600; or --key)
+Into the workstation folder (--workstation, default DIR.workstation; mode 0700), which stays:
+  NAME.token         the device token in clear, mode 0600: `push` sends it to change models
+  NAME.viewer.token  the viewer token in clear, mode 0600: browser login, scripts, Prometheus
+  fleet-entry.toml   the [[device]] entry for fleet.toml: https://NAME.local:PORT, the certificate's
+                     SHA-256 fingerprint (pinned by push and status), the device token's file
+                     (--fleet FILE appends it for you)
+Then on the kiosk: sudo provisioning/install.sh --config DIR/device.toml. Both folders must not
+exist or be empty, unless --force.
 
 Examples:
   python -m provisioning init-device --name kiosk-1 --out kiosks/kiosk-1 --trusted-key keys/signing.pub
   python -m provisioning init-device --name kiosk-2 --out kiosks/kiosk-2 --trusted-key keys/signing.pub \\
-      --url http://192.168.1.52:8080 --mqtt-host broker.local --fleet fleet.toml
+      --host 192.168.1.52 --url https://192.168.1.52:8080 --mqtt-host broker.local --fleet fleet.toml
+  python -m provisioning init-device --name kiosk-3 --out kiosks/kiosk-3 --trusted-key keys/signing.pub \\
+      --cert kiosk-3.crt --key kiosk-3.key --url https://kiosk-3.clinic.example:8080
   python -m provisioning init-device --name demo --out kiosks/demo --source file --video /srv/demo.mp4
 """
 
@@ -135,7 +221,13 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", required=True, help="device id (letters, digits, _ and -), used in MQTT topics"
     )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the kiosk's folder")
+    parser.add_argument(
+        "--workstation",
+        type=Path,
+        metavar="DIR",
+        help="folder for the tokens and the fleet entry, which stay here (default: DIR.workstation)",
+    )
     parser.add_argument(
         "--trusted-key",
         type=Path,
@@ -146,9 +238,20 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--title", default="", help="human name on the status page (default: --name)")
     parser.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"the kiosk's HTTP port (default {DEFAULT_PORT})"
+        "--port", type=_port, default=DEFAULT_PORT, help=f"the kiosk's HTTPS port (default {DEFAULT_PORT})"
     )
-    parser.add_argument("--url", help="how the workstation reaches it (default http://NAME.local:PORT)")
+    parser.add_argument(
+        "--url", help="how the workstation reaches it: https://HOST:PORT (default https://NAME.local:PORT)"
+    )
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME_OR_IP",
+        help="another name or address clients use for it (in the certificate and Host check; repeatable)",
+    )
+    parser.add_argument("--cert", type=Path, metavar="PEM", help="use this certificate instead of making one")
+    parser.add_argument("--key", type=Path, metavar="PEM", help="the private key of --cert")
     parser.add_argument("--mqtt-host", default="127.0.0.1", help="MQTT broker (default: one on the kiosk)")
     parser.add_argument("--mqtt-port", type=_port, default=1883, help="MQTT broker port (default 1883)")
     parser.add_argument("--no-mqtt", action="store_true", help="do not publish to MQTT")
@@ -163,52 +266,86 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
         "--video", type=Path, action="append", metavar="PATH", help="--source file: a video on the kiosk"
     )
     parser.add_argument("--fleet", type=Path, metavar="FILE", help="append the entry to this fleet.toml")
-    parser.add_argument("--force", action="store_true", help="write into a DIR that is not empty")
+    parser.add_argument("--force", action="store_true", help="write into folders that are not empty")
+
+
+def _check_folder(path: Path, option: str, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a folder")
+    if path.exists() and any(path.iterdir()) and not force:
+        raise UsageError(f"{option} {path} exists and is not empty; give --force to write into it")
+
+
+def _folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The kiosk's folder and the workstation's, which must not lie inside the kiosk's."""
+    out: Path = args.out
+    workstation: Path = args.workstation or out.with_name(f"{out.name}.workstation")
+    _check_folder(out, "--out", args.force)
+    _check_folder(workstation, "--workstation", args.force)
+    if workstation.resolve().is_relative_to(out.resolve()):
+        raise UsageError(
+            f"--workstation {workstation} is inside --out {out}, which is copied to the kiosk; "
+            "the tokens must stay on the workstation"
+        )
+    return out, workstation
+
+
+def _entry(args: argparse.Namespace, token_path: Path) -> DeviceEntry:
+    """The fleet entry without its fingerprint yet; ``--url`` must be the kiosk's https:// address."""
+    url = args.url or f"https://{args.name}.local:{args.port}"
+    try:
+        entry = DeviceEntry(name=args.name, url=url, token_file=token_path)
+    except ValidationError as exc:
+        raise UsageError(f"--url {url}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    if urlsplit(entry.url).scheme != "https":
+        raise UsageError(f"--url {url}: the kiosk serves HTTPS; give its https:// address")
+    return entry
 
 
 def run_init(args: argparse.Namespace) -> int:
     if not re.fullmatch(DEVICE_NAME, args.name):
         raise UsageError(f"--name {args.name!r}: use 1-64 letters, digits, _ and -")
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UsageError(f"--out {out} exists and is not empty; give --force to write into it")
+    out, workstation = _folders(args)
     keys = _trusted_keys(args.trusted_key)
-    token = secrets.token_urlsafe(32)
-    token_path = (out / f"{args.name}.token").resolve()
-    try:
-        entry = DeviceEntry(
-            name=args.name, url=args.url or f"http://{args.name}.local:{args.port}", token_file=token_path
-        )
-    except ValidationError as exc:
-        raise UsageError(
-            f"--url {args.url}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}"
-        ) from None
-    config = device_config(args, hashlib.sha256(token.encode()).hexdigest(), sorted(keys))
+    token_path = (workstation / f"{args.name}.token").resolve()
+    viewer_path = (workstation / f"{args.name}.viewer.token").resolve()
+    entry = _entry(args, token_path)
+    hosts = _host_names(args, urlsplit(entry.url).hostname or "")
+    tokens = Tokens.fresh()
+    config = device_config(args, tokens, sorted(keys), hosts)
     try:
         parse_config(config, f"--out {out / CONFIG_NAME}", env={})
-    except ConfigError as exc:  # an option the device would refuse (port, camera, MQTT host…)
+    except ConfigError as exc:  # an option the device would refuse (port, camera, host name…)
         raise UsageError(str(exc)) from None
     if args.fleet is not None:
         _check_fleet(args.fleet, args.name)
+    key_pem, cert_pem = _certificate(args, hosts)
+    entry = entry.model_copy(update={"fingerprint": fingerprint(cert_pem)})
 
     written = datetime.now(UTC).replace(microsecond=0).isoformat()
     header = (
         f'movement-edge kiosk "{args.name}", written by `python -m provisioning init-device` at {written}.\n'
         "Check: python -m device check-config device.toml (--offline away from the kiosk). "
         "Relative paths are relative to this file.\n"
-        f"The HTTP token is stored as its SHA-256; the token is in {args.name}.token on the workstation."
+        "The tokens are stored as their SHA-256; in clear they are on the workstation only."
     )
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / CONFIG_NAME, toml_document(list(config.items()), header).encode(), mode=0o644)
     for name, data in keys.items():
         write_atomic(out / name, data, mode=0o644)
-    write_atomic(token_path, f"{token}\n".encode(), mode=0o600)
-    write_atomic(out / FLEET_ENTRY_NAME, fleet_entry(entry, str(token_path)).encode(), mode=0o644)
+    write_atomic(out / CERT_NAME, cert_pem, mode=0o644)
+    write_atomic(out / KEY_NAME, key_pem, mode=0o600)
+    workstation.mkdir(parents=True, exist_ok=True)
+    workstation.chmod(0o700)
+    write_atomic(token_path, f"{tokens.device}\n".encode(), mode=0o600)
+    write_atomic(viewer_path, f"{tokens.viewer}\n".encode(), mode=0o600)
+    write_atomic(workstation / FLEET_ENTRY_NAME, fleet_entry(entry, str(token_path)).encode(), mode=0o644)
     print(
-        f"wrote {out / CONFIG_NAME}, {len(keys)} trusted key(s), {token_path} (mode 0600), "
-        f"{out / FLEET_ENTRY_NAME}"
+        f"for the kiosk (install.sh --config {out / CONFIG_NAME}): {CONFIG_NAME}, {len(keys)} trusted "
+        f"key(s), {CERT_NAME}, {KEY_NAME} (mode 0600) in {out}\n"
+        f"for this workstation only: {token_path.name} (device token), {viewer_path.name} (viewer token), "
+        f"both mode 0600, and {FLEET_ENTRY_NAME} in {workstation} (mode 0700)\n"
+        f"{entry.url} certificate sha256 {entry.fingerprint}"
     )
     if not keys:
         print(
@@ -225,5 +362,5 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 INIT_DEVICE = Command(
-    "prepare a new kiosk's config, keys and token", INIT_DESCRIPTION, add_init_arguments, run_init
+    "prepare a new kiosk's config, certificate and tokens", INIT_DESCRIPTION, add_init_arguments, run_init
 )

@@ -5,6 +5,11 @@ with the bundle and the device's bearer token, then ``GET /api/status`` until th
 the new version active. The device verifies the bundle and decides; this side only needs the
 manifest's identity (model id, version, model sha256) to know what to wait for.
 
+The token goes only to the kiosk ``fleet.toml`` pins (:mod:`provisioning.pinning`): plain HTTP
+beyond loopback is refused before anything is contacted unless ``--insecure``. What a kiosk
+answers is not trusted either: at most :data:`MAX_ANSWER_BYTES` are read, anything but a JSON
+object is a :class:`BadAnswer`, and every text it sent is printed escaped (:func:`printable`).
+
 Every device gets its own worker and its own deadline, so one slow or dead kiosk costs only its
 own row of the result table. Network failures (refused, reset, timed out) and 5xx answers are
 retried with exponential backoff a bounded number of times; a 4xx is the device's answer and is
@@ -19,6 +24,7 @@ import http.client
 import io
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -39,7 +45,9 @@ from device.config import DEVICE_ID
 from device.documents import read_document
 from device.model.bundle import MANIFEST, MAX_MANIFEST_SIZE
 from provisioning import registry
+from provisioning.pinning import PinMismatch, PinnedHTTPSConnection
 from trainer import tracking
+from trainer.cluster import is_loopback
 
 T = TypeVar("T")
 
@@ -53,12 +61,17 @@ _POLL_INTERVAL_S = 0.5
 
 
 class DeviceEntry(BaseModel):
-    """One ``[[device]]`` of fleet.toml; the token comes from exactly one of an env var or a file."""
+    """One ``[[device]]`` of fleet.toml; the token comes from exactly one of an env var or a file.
+
+    ``fingerprint`` pins an ``https://`` kiosk's certificate (:mod:`provisioning.pinning`); it is
+    accepted as ``openssl x509 -fingerprint -sha256`` prints it too (upper case, colons).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=DEVICE_NAME)
     url: str
+    fingerprint: str | None = None
     token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     token_file: Path | None = None
 
@@ -66,15 +79,37 @@ class DeviceEntry(BaseModel):
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        except ValueError:
+            raise ValueError("the port must be a number between 0 and 65535") from None
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ValueError("must be the device's base URL, such as http://kiosk-1.local:8080")
+            raise ValueError("must be the device's base URL, such as https://kiosk-1.local:8080")
         return value.rstrip("/")
 
+    @field_validator("fingerprint")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digest = value.replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("must be the SHA-256 of the kiosk's certificate: 64 hex digits")
+        return digest
+
     @model_validator(mode="after")
-    def _one_token_source(self) -> DeviceEntry:
+    def _consistent(self) -> DeviceEntry:
         if (self.token_env is None) == (self.token_file is None):
             raise ValueError("give exactly one of token_env or token_file")
+        if self.fingerprint is not None and not self.url.startswith("https://"):
+            raise ValueError("fingerprint pins a certificate: the url must be https://")
         return self
+
+    @property
+    def plain_http_beyond_loopback(self) -> bool:
+        """Whether talking to it would put the token on the network readable by anyone."""
+        parts = urlsplit(self.url)
+        return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
 
 class Inventory(BaseModel):
@@ -147,6 +182,19 @@ def select(devices: list[DeviceEntry], names: Sequence[str] | None) -> list[Devi
     return [entry for entry in devices if entry.name in names]
 
 
+def refuse_plain_http(devices: Sequence[DeviceEntry], insecure: bool) -> None:
+    """A usage error, before anything is contacted, for ``http://`` beyond loopback without ``--insecure``."""
+    if insecure:
+        return
+    exposed = next((entry for entry in devices if entry.plain_http_beyond_loopback), None)
+    if exposed is not None:
+        raise UsageError(
+            f"device {exposed.name}: {exposed.url} is plain HTTP beyond this machine, so its token "
+            "would cross the network readable; use its https:// url and fingerprint (init-device "
+            "writes both), or give --insecure"
+        )
+
+
 def token_for(entry: DeviceEntry, env: Mapping[str, str]) -> str:
     """The device's bearer token from its environment variable or file; a usage error if absent."""
     if entry.token_env is not None:
@@ -217,6 +265,10 @@ class Unreachable(Exception):
     """The request got no answer from the application: network failure, timeout or a 5xx."""
 
 
+class BadAnswer(Exception):
+    """The device answered outside the API (not a JSON object, or too large); never retried."""
+
+
 class Refused(Exception):
     """The device answered with a 4xx (or a 501): its decision, never retried."""
 
@@ -255,11 +307,17 @@ def _why(reason: BaseException) -> str:
     return str(reason) or type(reason).__name__
 
 
+MAX_ANSWER_BYTES = 1024 * 1024
+"""The most this tool reads of any answer; ``/api/status`` is a few kilobytes."""
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
 def _error_message(body: bytes) -> str:
     """The ``error`` of a JSON error body, else the body's text on one line."""
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         document = None
     if isinstance(document, dict) and isinstance(document.get("error"), str):
         return document["error"]
@@ -272,17 +330,27 @@ class DeviceApi:
 
     http.client rather than urllib: a kiosk refusing an upload from its headers (413, 401)
     answers and closes before it has read the body, so sending fails with a reset while the
-    answer is already waiting to be read; urllib would only report the reset.
+    answer is already waiting to be read; urllib would only report the reset. It also connects
+    lazily inside ``request()``, which is where :class:`~provisioning.pinning.PinnedHTTPSConnection`
+    checks the certificate before the request is written.
+
+    An answer is read up to :data:`MAX_ANSWER_BYTES`: a device that sends more is refused
+    (:class:`BadAnswer`) instead of filling this process's memory.
     """
 
-    def __init__(self, url: str, token: str | None = None) -> None:
-        self.url = url
-        self._parts = urlsplit(url)
+    def __init__(self, entry: DeviceEntry, token: str | None = None) -> None:
+        self.url = entry.url
+        self._parts = urlsplit(entry.url)
+        self._fingerprint = entry.fingerprint
         self._token = token
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-        return kind(self._parts.hostname or "", self._parts.port, timeout=timeout)
+        host, port = self._parts.hostname or "", self._parts.port
+        if self._parts.scheme == "http":
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        if self._fingerprint is not None:
+            return PinnedHTTPSConnection(host, port, self._fingerprint, timeout)
+        return http.client.HTTPSConnection(host, port, timeout=timeout)  # the system's CAs
 
     def _call(self, method: str, path: str, timeout: float, body: bytes | None = None) -> Any:
         headers = {"Accept": "application/json"}
@@ -299,21 +367,27 @@ class DeviceApi:
                 sending = exc  # the device may have answered early; read what it said
             try:
                 response = connection.getresponse()
-                status, payload = response.status, response.read()
+                status, payload = response.status, response.read(MAX_ANSWER_BYTES + 1)
             except (OSError, http.client.HTTPException) as exc:
                 raise Unreachable(_why(sending or exc)) from None
         except OSError as exc:  # connecting: refused, unreachable, timed out, name not known
             raise Unreachable(_why(exc)) from None
         finally:
             connection.close()
+        if len(payload) > MAX_ANSWER_BYTES:
+            raise BadAnswer(f"{method} {path}: the answer is larger than {MAX_ANSWER_BYTES // 1024} KiB")
         if status >= 500 and status != 501:  # 501: no model store there; retrying will not add one
             raise Unreachable(f"HTTP {status}: {_error_message(payload)}")
         if status >= 300:
             raise Refused(status, _error_message(payload))
         try:
-            return json.loads(payload)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Unreachable(f"{method} {path}: the answer is not JSON") from None
+            document = json.loads(payload)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep, a huge number
+            raise BadAnswer(f"{method} {path}: the answer is not JSON") from None
+        if not isinstance(document, dict):
+            kind = _JSON_KINDS.get(type(document), type(document).__name__)
+            raise BadAnswer(f"{method} {path}: the answer is a JSON {kind}, not an object")
+        return document
 
     def status(self, timeout: float) -> dict[str, Any]:
         return self._call("GET", "/api/status", timeout)
@@ -355,9 +429,10 @@ class Result(StrEnum):
     OK = "ok"
     REJECTED = "rejected"
     UNAUTHORIZED = "unauthorized"
+    UNTRUSTED = "untrusted"  # the certificate is not the pinned one: nothing was sent
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
-    FAILED = "failed"  # an answer outside the contract (e.g. 404, 501): the device cannot take models
+    FAILED = "failed"  # an answer outside the contract (e.g. 404, 501, a JSON array): cannot take models
 
 
 @dataclass(frozen=True)
@@ -406,13 +481,24 @@ def push_one(
 
     try:
         installed = with_retries(upload, policy, deadline, policy.upload_timeout_s)
+        if not installed:
+            return Result.OK, f"{bundle.label} was already active"
+        return _wait_until_active(api, bundle, began, deadline, policy)
+    except PinMismatch as exc:
+        return Result.UNTRUSTED, str(exc)
     except Unreachable as exc:
         return Result.UNREACHABLE, str(exc)
     except Refused as exc:
         return _refusal(exc, bundle)
-    if not installed:
-        return Result.OK, f"{bundle.label} was already active"
+    except BadAnswer as exc:
+        return Result.FAILED, str(exc)
 
+
+def _wait_until_active(
+    api: DeviceApi, bundle: BundleFile, began: float, deadline: float, policy: RetryPolicy
+) -> tuple[Result, str]:
+    """Poll the status until it reports ``bundle`` active; network failures and refusals are
+    waited out (the device may be restarting its pipeline), any other answer ends the wait."""
     reported = "no answer"
     while True:
         try:
@@ -427,7 +513,7 @@ def push_one(
                 f"{model.get('id')} {model.get('version')}" if isinstance(model, dict) else "no model"
             )
         if time.monotonic() + _POLL_INTERVAL_S >= deadline:
-            return Result.TIMEOUT, f"{bundle.label} not active within {timeout_s:g} s ({reported})"
+            return Result.TIMEOUT, f"{bundle.label} not active within {deadline - began:g} s ({reported})"
         time.sleep(_POLL_INTERVAL_S)
 
 
@@ -451,14 +537,26 @@ def for_each_device(
     return [results[entry.name] for entry in devices]
 
 
-def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+MAX_CELL = 300
+"""Characters of one printed value; a device's texts (model id, error) may be as long as it likes."""
+
+
+def printable(text: object, limit: int = MAX_CELL) -> str:
+    """``text`` safe for a terminal, on one line: control and format characters (escape sequences,
+    newlines, bidirectional overrides) are shown escaped, as ``\\x1b``, and long text is cut."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded.
+
+    Every cell goes through :func:`printable`: most of them are what a device said.
+    """
+    shown = [[printable(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(header))]
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in shown)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # --------------------------------------------------------------------------- commands
@@ -473,6 +571,11 @@ def _fleet_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--parallel", type=_positive_int, default=8, metavar="N", help="devices handled at once (default 8)"
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow http:// urls beyond loopback (the token then crosses the network readable)",
     )
 
 
@@ -497,11 +600,18 @@ once, wait until each reports the new version active, and print one row per devi
   rejected      the device refused the bundle; the detail is its reason (signature, hash, smoke
                 test, older version without --force, too large); it keeps its previous model
   unauthorized  wrong token, or the device has no token configured
+  untrusted     its certificate is not the one fleet.toml pins: nothing was sent to it
   unreachable   no answer after the retries (connection refused/reset, timeouts, HTTP 5xx)
   timeout       the device accepted the upload but did not report the version within --timeout
+  failed        an answer outside the API (404, not a JSON object, larger than 1 MiB)
 Network failures and 5xx are retried with exponential backoff; a refusal (4xx) is never retried.
 Exit status: 0 when every device is ok, 1 when any is not, 2 for a usage error (bad fleet file,
-missing bundle, a token's environment variable unset).
+missing bundle, a token's environment variable unset, http:// beyond loopback without --insecure).
+
+Transport: an https:// url with a fingerprint is a pinned kiosk: the TLS handshake is completed,
+the certificate's SHA-256 compared with the fingerprint, and only then is the request (and its
+token) written. https:// without a fingerprint is checked against the system's CAs and the host
+name. http:// is for loopback; beyond it, only with --insecure.
 
 BUNDLE may be a registered model version (optional extra: pip install .[mlflow]):
 models:/NAME@ALIAS or models:/NAME/VERSION in the MLflow store of --tracking-uri (default
@@ -544,8 +654,15 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_push(args: argparse.Namespace) -> int:
+def _selected(args: argparse.Namespace) -> list[DeviceEntry]:
+    """The devices to talk to, refused as a whole if one would get its token in clear."""
     devices = select(load_fleet(args.fleet), args.device)
+    refuse_plain_http(devices, args.insecure)
+    return devices
+
+
+def run_push(args: argparse.Namespace) -> int:
+    devices = _selected(args)
     if not registry.is_model_uri(args.bundle):
         for option, value in (("--tracking-uri", args.tracking_uri), ("--promote", args.promote)):
             if value is not None:
@@ -588,12 +705,12 @@ def push_bundle(
     print(f"pushing {bundle.label} ({len(bundle.data)} bytes) to {len(devices)} device(s)", file=sys.stderr)
 
     def task(entry: DeviceEntry) -> Outcome:
-        api = DeviceApi(entry.url, tokens[entry.name])
+        api = DeviceApi(entry, tokens[entry.name])
         result, detail = push_one(api, bundle, force=args.force, timeout_s=args.timeout, policy=policy)
         return Outcome(entry.name, result, detail)
 
     def progress(entry: DeviceEntry, outcome: Outcome) -> None:
-        print(f"{entry.name}: {outcome.result} {outcome.detail}".rstrip(), file=sys.stderr)
+        print(printable(f"{entry.name}: {outcome.result} {outcome.detail}".rstrip()), file=sys.stderr)
 
     outcomes = for_each_device(devices, task, args.parallel, progress)
     print(render_table(("device", "result", "detail"), [(o.device, o.result, o.detail) for o in outcomes]))
@@ -603,7 +720,9 @@ def push_bundle(
 STATUS_DESCRIPTION = """\
 Ask every device of the inventory (or those named by --device) for its status at once and print
 one row per device: the active model, the pose stage's frames per second, the MQTT connection,
-the camera's state and the daemon's uptime — or why it could not be reached. Needs no tokens.
+the camera's state and the daemon's uptime — or why it could not be reached, or what was wrong
+with its answer. The device's token is sent when it is at hand (it also grants viewing, which a
+kiosk serving beyond loopback asks for); http:// beyond loopback needs --insecure, as for push.
 Exit status: 0 when every device answered, 1 when any did not, 2 for a usage error.
 
 Examples:
@@ -620,6 +739,8 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _uptime(seconds: float) -> str:
+    if not 0 <= seconds < 1e12:  # NaN, infinity and nonsense from a confused device
+        return "-"
     minutes, _ = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
@@ -628,35 +749,56 @@ def _uptime(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {int(seconds) % 60:02d}s"
 
 
+def _table(value: object) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a part of the status missing or malformed."""
+    return value if isinstance(value, dict) else {}
+
+
 def status_row(status: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
-    """model, pose fps, mqtt, camera, uptime of one ``/api/status`` snapshot."""
+    """model, pose fps, mqtt, camera, uptime of one ``/api/status`` snapshot (of any shape)."""
     model = status.get("model")
-    mqtt = status.get("mqtt") or {}
-    pose = (status.get("stages") or {}).get("pose") or {}
+    mqtt = _table(status.get("mqtt"))
+    pose = _table(_table(status.get("stages")).get("pose"))
     return (
         f"{model.get('id')} {model.get('version')}" if isinstance(model, dict) else "none",
         f"{pose['fps']:g}" if isinstance(pose.get("fps"), int | float) else "-",
         "connected" if mqtt.get("connected") else ("disconnected" if mqtt.get("enabled", True) else "off"),
-        str((status.get("camera") or {}).get("state", "-")),
+        str(_table(status.get("camera")).get("state", "-")),
         _uptime(status["uptime_s"]) if isinstance(status.get("uptime_s"), int | float) else "-",
     )
 
 
+def _token_if_any(entry: DeviceEntry) -> str | None:
+    """The device's token when it is at hand; ``status`` goes on without it (a 401 then says so)."""
+    try:
+        return token_for(entry, os.environ)
+    except UsageError:
+        return None
+
+
+_STATUS_FAILURES: dict[type[Exception], str] = {
+    PinMismatch: "untrusted",
+    Unreachable: "unreachable",
+    Refused: "refused",
+    BadAnswer: "bad answer",
+}
+
+
 def run_status(args: argparse.Namespace) -> int:
-    devices = select(load_fleet(args.fleet), args.device)
+    devices = _selected(args)
     policy = RetryPolicy(attempts=2, request_timeout_s=args.timeout)
     header = ("device", "model", "pose fps", "mqtt", "camera", "uptime")
 
     def task(entry: DeviceEntry) -> tuple[tuple[str, ...], bool]:
         """The device's row and whether it answered."""
-        api = DeviceApi(entry.url)
+        api = DeviceApi(entry, _token_if_any(entry))
         deadline = time.monotonic() + policy.attempts * args.timeout + policy.first_delay_s
         try:
             status = with_retries(
                 lambda _attempt, timeout: api.status(timeout), policy, deadline, args.timeout
             )
-        except (Unreachable, Refused) as exc:
-            return (entry.name, f"unreachable: {exc}", *("-",) * (len(header) - 2)), False
+        except (PinMismatch, Unreachable, Refused, BadAnswer) as exc:
+            return (entry.name, f"{_STATUS_FAILURES[type(exc)]}: {exc}", *("-",) * (len(header) - 2)), False
         return (entry.name, *status_row(status)), True
 
     rows = for_each_device(devices, task, args.parallel)

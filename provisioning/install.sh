@@ -11,22 +11,32 @@ UNIT=movement-edge.service
 
 usage() {
     cat <<'EOF'
-Usage: install.sh [--config FILE] [--force] [--with-mosquitto] [--no-venv] [--python PY] [--root DIR]
+Usage: install.sh [--config FILE] [--credential NAME=FILE ...] [--force] [--with-mosquitto]
+                  [--no-venv] [--python PY] [--root DIR]
 
 Installs the kiosk daemon from this repository checkout:
   user     system user movement-edge (own group, member of video), no login, no home
   /opt/movement-edge            the device, trainer and provisioning packages, pyproject,
                                 requirements, README; the virtualenv in venv/
-  /etc/movement-edge            device.toml (mode 0640) and the trusted *.pub keys beside it
+  /etc/movement-edge            device.toml (mode 0640), the trusted *.pub keys beside it, the
+                                TLS certificate tls.crt and its key tls.key (mode 0600, owned by
+                                the service user)
+  /etc/movement-edge/credentials  secrets the unit passes in with LoadCredential= (root, 0700)
   /var/lib/movement-edge        state: outbox database, model store (owned by the service user)
   /var/cache/movement-edge      the pose model built at first start
   /etc/systemd/system/movement-edge.service, enabled and started when systemd runs and a
   device.toml is installed; restarted when an upgrade changed what it runs.
+  packages  python3-venv where the image lacks it; python3-picamera2 when device.toml's source is
+            picamera2 (the venv sees Debian's dist-packages after its own, so its numpy wins)
 
 Options:
   --config FILE     device.toml to install (from `python -m provisioning init-device`), with every
-                    *.pub key in its folder; an existing different one is kept unless --force
-  --force           replace an existing, different device.toml or key
+                    *.pub key, tls.crt and tls.key in its folder; an existing different one is
+                    kept unless --force
+  --credential NAME=FILE
+                    a secret for the daemon, installed root-only as a systemd credential; NAME is
+                    mqtt_password, http_token or http_viewer_token (repeatable)
+  --force           replace an existing, different device.toml, key, certificate or credential
   --with-mosquitto  also install a local MQTT broker (apt-get install mosquitto)
   --no-venv         skip the virtualenv and pip (tests, or a venv managed otherwise)
   --python PY       interpreter for the virtualenv (default python3.11, else python3; must be 3.11)
@@ -36,6 +46,7 @@ Options:
 
 Examples:
   sudo provisioning/install.sh --config kiosks/kiosk-1/device.toml --with-mosquitto
+  sudo provisioning/install.sh --credential mqtt_password=/root/broker-password
   sudo provisioning/install.sh                       # upgrade the application, keep the config
   provisioning/install.sh --root /tmp/tree --no-venv --config kiosks/kiosk-1/device.toml
 EOF
@@ -49,6 +60,7 @@ die() {
 
 ROOT=""
 CONFIG=""
+CREDENTIALS="" # NAME=FILE pairs, one a line
 FORCE=0
 VENV=1
 MOSQUITTO=0
@@ -62,6 +74,18 @@ while [ $# -gt 0 ]; do
         --config) CONFIG=$2 ;;
         --python) PYTHON=$2 ;;
         esac
+        shift 2
+        ;;
+    --credential)
+        [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs NAME=FILE (see --help)" 2
+        case "${2%%=*}" in
+        mqtt_password | http_token | http_viewer_token) ;;
+        *) die "--credential $2: NAME must be mqtt_password, http_token or http_viewer_token" 2 ;;
+        esac
+        case "$2" in *=?*) ;; *) die "--credential $2: expected NAME=FILE" 2 ;; esac
+        [ -f "${2#*=}" ] || die "--credential $2: no such file ${2#*=}" 2
+        CREDENTIALS="$CREDENTIALS$2
+"
         shift 2
         ;;
     --force) FORCE=1 && shift ;;
@@ -93,6 +117,8 @@ ETC=$ROOT/etc/movement-edge
 STATE=$ROOT/var/lib/movement-edge
 CACHE=$ROOT/var/cache/movement-edge
 UNIT_DIR=$ROOT/etc/systemd/system
+CREDENTIALS_DIR=$ETC/credentials # the unit's LoadCredential= paths
+KIOSK_FILES="tls.crt tls.key"     # beside device.toml, from init-device
 CHANGED=0 # set when anything the service runs was written
 
 # Changes to the machine outside the tree: done, or under --root recorded as a shell command.
@@ -161,7 +187,15 @@ if [ -n "$CONFIG" ]; then
     for key in "$CONFIG_DIR"/*.pub; do
         if [ -f "$key" ]; then check_replace "$key" "$ETC/$(basename "$key")"; fi
     done
+    for name in $KIOSK_FILES; do
+        if [ -f "$CONFIG_DIR/$name" ]; then check_replace "$CONFIG_DIR/$name" "$ETC/$name"; fi
+    done
 fi
+while IFS= read -r pair; do # a here-document, not a pipe: no subshell, so die and CHANGED work
+    if [ -n "$pair" ]; then check_replace "${pair#*=}" "$CREDENTIALS_DIR/${pair%%=*}"; fi
+done <<EOF
+$CREDENTIALS
+EOF
 
 say "service user $APP_USER (groups: $APP_USER, video)"
 if [ -z "$ROOT" ] && ! getent group video >/dev/null; then
@@ -195,6 +229,11 @@ if [ "$VENV" -eq 1 ]; then
     fi
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
         die "$PYTHON is not Python 3.11 (pyproject.toml: >=3.11,<3.12); give --python" 2
+    if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+        # Minimal images (Raspberry Pi OS Lite, Debian's netinst) ship Python without venv.
+        say "python3-venv (the virtualenv needs it)"
+        machine env DEBIAN_FRONTEND=noninteractive apt-get install --yes --no-install-recommends python3-venv
+    fi
     say "virtualenv in ${APP#"$ROOT"}/venv ($("$PYTHON" --version))"
     [ -x "$APP/venv/bin/python" ] || "$PYTHON" -m venv "$APP/venv"
     "$APP/venv/bin/python" -m pip install --quiet --requirement "$APP/requirements/device.txt"
@@ -213,11 +252,47 @@ if [ -n "$CONFIG" ]; then
     for key in "$CONFIG_DIR"/*.pub; do
         if [ -f "$key" ]; then install_file 0644 "$key" "$ETC/$(basename "$key")"; fi
     done
+    if [ -f "$CONFIG_DIR/tls.crt" ]; then install_file 0644 "$CONFIG_DIR/tls.crt" "$ETC/tls.crt"; fi
+    if [ -f "$CONFIG_DIR/tls.key" ]; then
+        install_file 0600 "$CONFIG_DIR/tls.key" "$ETC/tls.key"
+        machine chown "$APP_USER:$APP_USER" "${ETC#"$ROOT"}/tls.key" # the daemon reads it, nobody else
+    fi
+fi
+install_dir 0700 "$CREDENTIALS_DIR"
+while IFS= read -r pair; do
+    if [ -n "$pair" ]; then
+        install_file 0600 "${pair#*=}" "$CREDENTIALS_DIR/${pair%%=*}"
+        say "credential ${pair%%=*} in ${CREDENTIALS_DIR#"$ROOT"}"
+    fi
+done <<EOF
+$CREDENTIALS
+EOF
+if [ -f "$ETC/secrets.env" ]; then
+    printf 'install: warning: %s is no longer read: the unit takes secrets as credentials; put each in a file and rerun with --credential NAME=FILE (see --help), then delete it\n' \
+        "${ETC#"$ROOT"}/secrets.env" >&2
 fi
 if [ -f "$ETC/device.toml" ] && [ "$VENV" -eq 1 ]; then
     # --offline: keys and values only; the camera, state folder and bundle may not be there yet
     "$APP/venv/bin/python" -m device check-config --offline "$ETC/device.toml" >/dev/null ||
         die "${ETC#"$ROOT"}/device.toml is not valid (the message above says why)"
+fi
+
+# The Raspberry Pi camera library is packaged for apt only (python3-picamera2, with libcamera's
+# bindings), into Debian's dist-packages, which a virtualenv does not see. A .pth file in the
+# venv names that folder: Python appends it after the venv's own site-packages, so the venv's
+# pinned numpy and OpenCV still win over Debian's.
+if [ -f "$ETC/device.toml" ] && grep -Eq '^[[:space:]]*kind[[:space:]]*=[[:space:]]*"picamera2"' "$ETC/device.toml"; then
+    say "Raspberry Pi camera library (python3-picamera2) for the picamera2 source"
+    if [ -n "$ROOT" ] || ! dpkg-query -W -f '${Status}' python3-picamera2 2>/dev/null | grep -q 'ok installed'; then
+        machine env DEBIAN_FRONTEND=noninteractive apt-get install --yes --no-install-recommends python3-picamera2
+    fi
+    SITE=$APP/venv/lib/python3.11/site-packages
+    if [ -d "$SITE" ]; then
+        pth=$(mktemp)
+        printf '%s\n' "$ROOT/usr/lib/python3/dist-packages" >"$pth"
+        install_file 0644 "$pth" "$SITE/debian-dist-packages.pth"
+        rm -f "$pth"
+    fi
 fi
 
 say "state in ${STATE#"$ROOT"}, cache in ${CACHE#"$ROOT"}"

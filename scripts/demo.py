@@ -8,7 +8,9 @@
 3. runs the daemon on the bundled sample videos in a loop, status page on http://127.0.0.1:8080;
 4. prints the page's URL and a ``mosquitto_sub`` command that shows the live messages.
 
-Ctrl-C stops everything. All state goes to ``.demo/`` in the repository (safe to delete).
+Ctrl-C (or SIGTERM) stops everything. All state goes to ``.demo/`` in the repository (safe to
+delete), or to ``$DEMO_STATE``; ``$DEMO_HTTP_PORT`` moves the page from port 8080 (the tests run
+the demo this way, beside whatever else the machine runs).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere: the packages liv
 from trainer.recipes import FITNESS_ACTIVITIES, PoseBundle, fitness_bundle, pose_bundle  # noqa: E402
 
 DATA = REPO / "demo" / "data"
-STATE = REPO / ".demo"
+STATE = Path(os.environ.get("DEMO_STATE", REPO / ".demo")).resolve()
 PYTHON = sys.executable
 HTTP_PORT = int(os.environ.get("DEMO_HTTP_PORT", "8080"))
 
@@ -89,7 +91,7 @@ def demo_model(name: str) -> tuple[Path, Path]:
     model, work = MODELS[name], STATE / name
     bundle, stamp = work / "model.zip", work / "model.fingerprint"
     if bundle.exists() and stamp.exists() and stamp.read_text() == fingerprint(model):
-        step(f"reusing the demo model {bundle.relative_to(REPO)} (delete .demo/ to retrain)")
+        step(f"reusing the demo model {bundle} (delete {STATE} to retrain)")
         return bundle, work / "keys" / "signing.pub"
     step(f"training the demo model from {model.table.relative_to(REPO)} ({model.about})")
     work.mkdir(exist_ok=True)
@@ -198,7 +200,7 @@ def supervise(daemon: subprocess.Popen, broker: subprocess.Popen) -> int:
     try:
         while daemon.poll() is None and broker.poll() is None:
             time.sleep(0.5)
-        print("demo: the daemon exited; see .demo/daemon.log", file=sys.stderr)
+        print(f"demo: the daemon exited; see {STATE / 'daemon.log'}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)

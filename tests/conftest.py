@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,3 +122,17 @@ def run_daemon() -> Iterator[Callable[[Config], Daemon]]:
     yield start
     for daemon in started:
         daemon.stop()
+
+
+def network_address() -> str:
+    """An address of this machine that is not loopback (the one its default route leaves from);
+    the test is skipped on a machine without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # UDP: nothing is sent, only a route is chosen
+        except OSError:
+            pytest.skip("this machine has no network address besides loopback")
+        address = probe.getsockname()[0]
+    if address.startswith("127."):
+        pytest.skip("this machine has no network address besides loopback")
+    return address

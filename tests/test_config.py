@@ -59,6 +59,17 @@ def test_each_rule_names_its_key(data: dict, message: str) -> None:
     assert message in str(caught.value)
 
 
+def test_a_refused_camera_url_or_pipeline_is_not_echoed_with_its_password() -> None:
+    for source in (
+        {"kind": "url", "url": "ftp://admin:hunter2@10.0.0.9/stream"},
+        {"kind": "gstreamer", "pipeline": ""},
+    ):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"source": source}, env={})
+        assert "source." in str(caught.value) and "hunter2" not in str(caught.value), caught.value
+        assert "got" not in str(caught.value)
+
+
 def test_secrets_come_from_the_environment_or_credentials(tmp_path: Path) -> None:
     data = {**MINIMAL, "mqtt": {"username": "kiosk"}}
     config = parse_config(

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from broker import Mosquitto, Subscriber, free_port
 from conftest import REPO, PoseBundle, eventually
 from model_bundles import resigned
@@ -75,6 +76,7 @@ def test_classifications_of_a_real_video_reach_a_subscriber_in_order(
         first = payloads[0]
         assert set(first) == {
             "seq",
+            "epoch",
             "ts",
             "label",
             "confidence",
@@ -159,7 +161,7 @@ def test_page_health_and_metrics_while_frames_flow(
     assert status == 200 and b"frames" in metrics
 
 
-def test_display_names_from_the_bundle_reach_the_page_state_and_home_assistant(
+def test_display_and_device_names_reach_the_page_state_and_home_assistant(
     tmp_path: Path, pose_model: PoseBundle, data_dir: Path, run_daemon: Callable[[Config], Daemon]
 ) -> None:
     named = tmp_path / "named.zip"
@@ -168,6 +170,7 @@ def test_display_names_from_the_bundle_reach_the_page_state_and_home_assistant(
     with Mosquitto() as broker, Subscriber(broker.port, [f"{TOPIC}/#", "homeassistant/#"]) as sub:
         config = device_config(tmp_path, pose_model, data_dir / "videos" / "squats.mp4", broker.port)
         config["model"]["bundle"] = str(named)
+        config["device"]["name"] = "Hall kiosk"
         daemon = run_daemon(parse_config(config))
         assert eventually(daemon.capture.ended.is_set, 60, "the video to end")
         sub.wait_for(f"{TOPIC}/classification", 65, timeout=30)
@@ -181,6 +184,7 @@ def test_display_names_from_the_bundle_reach_the_page_state_and_home_assistant(
         assert shown.get("Squat") == "Deep squat"  # squats.mp4 is mostly squats
         assert all(name == names.get(label, label) for label, name in shown.items())
         discovery = sub.wait_for(f"homeassistant/device/{DEVICE}/config")[0].json()
+        assert discovery["dev"]["name"] == "Hall kiosk"  # [device] name, as on the page
         sensor = discovery["cmps"][f"movement_edge_{DEVICE}_label"]
         assert "label_name" in sensor["value_template"]
         status, body = http_get(daemon.http_port, "/api/status")
@@ -263,42 +267,58 @@ def test_sigterm_stops_cleanly_and_sigkill_leaves_the_last_will(
         sub.wait_until(f"{TOPIC}/availability", lambda m: m.payload == b"offline", timeout=20)
 
 
-def test_systemd_notify_ready_and_watchdog(tmp_path: Path, pose_model: PoseBundle, data_dir: Path) -> None:
-    import socket
+class Notifications:
+    """A real ``NOTIFY_SOCKET``: a unix datagram socket the test binds, and what arrived on it."""
 
-    sock_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(str(sock_path))
-        server.settimeout(1.0)
-        config = device_config(
-            tmp_path, pose_model, data_dir / "videos" / "dance.mp4", 1, pace="realtime", loop=True
-        )
-        config["mqtt"] = {"enabled": False}
-        child = _child(
-            _write_toml(tmp_path / "device.toml", config),
-            NOTIFY_SOCKET=str(sock_path),
-            WATCHDOG_USEC="2000000",
-        )
-        messages: list[str] = []
-        try:
-            deadline = time.monotonic() + 60
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
 
-            def complete() -> bool:
-                return {"READY=1", "WATCHDOG=1"} <= set(messages) and any(
-                    m.startswith("STATUS=") for m in messages
-                )
+    def read(self) -> list[str]:
+        """Take in every notification waiting now; returns all received so far."""
+        while True:
+            try:
+                self.lines += self._socket.recv(4096).decode().splitlines()
+            except TimeoutError:
+                return self.lines
 
-            while time.monotonic() < deadline and not complete():
-                try:
-                    messages += server.recv(4096).decode().splitlines()
-                except TimeoutError:
-                    continue
-            child.send_signal(signal.SIGTERM)
-            child.wait(30)
-        finally:
-            child.kill()
-    assert "READY=1" in messages and "WATCHDOG=1" in messages
-    assert any(m.startswith("STATUS=") and "fps" in m for m in messages)
+    def count(self, line: str) -> int:
+        return self.read().count(line)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@pytest.fixture
+def notifications(tmp_path: Path) -> Iterator[Notifications]:
+    received = Notifications(tmp_path / "notify.sock")
+    yield received
+    received.close()
+
+
+def test_systemd_notify_ready_and_watchdog(
+    tmp_path: Path, pose_model: PoseBundle, data_dir: Path, notifications: Notifications
+) -> None:
+    config = device_config(
+        tmp_path, pose_model, data_dir / "videos" / "dance.mp4", 1, pace="realtime", loop=True
+    )
+    config["mqtt"] = {"enabled": False}
+    child = _child(
+        _write_toml(tmp_path / "device.toml", config),
+        NOTIFY_SOCKET=str(notifications.path),
+        WATCHDOG_USEC="2000000",
+    )
+    try:
+        eventually(lambda: notifications.count("WATCHDOG=1") >= 1, 60, "the watchdog fed")
+        child.send_signal(signal.SIGTERM)
+        child.wait(30)
+    finally:
+        child.kill()
+    assert notifications.count("READY=1") == 1
+    assert any(m.startswith("STATUS=") and "fps" in m for m in notifications.lines)
 
 
 def test_a_bundle_whose_features_the_device_cannot_compute_is_a_clear_state_not_a_crash(

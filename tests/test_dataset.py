@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 
 from device.annotations import LabelMapping, Problem, ValidationError
@@ -29,6 +31,7 @@ from device.features import FeatureEngine, FeatureSpec
 from device.keypoints import KeypointSequence, sequence_records, write_frames_jsonl
 from trainer.__main__ import main
 from trainer.dataset import DEFAULT_GROUPS, DatasetConfig, DatasetError, build_dataset
+from trainer.frame_columns import columns_path, write_columns
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_MAPPING = REPO / "examples" / "example_video.labels.toml"
@@ -54,7 +57,8 @@ ALL_POOLS = ["mean", "std", "min", "max", "delta"]
 
 
 def write_keypoints(folder: Path, stem: str, points: np.ndarray) -> Path:
-    """A real ``.frames.jsonl`` file of ``points`` (frames numbered from 1, 30 fps, 720x1280)."""
+    """A real ``.frames.jsonl`` file of ``points`` (frames numbered from 1, 30 fps, 720x1280) and,
+    as ``trainer extract`` writes it, its columnar copy."""
     n = len(points)
     sequence = KeypointSequence(
         stem, np.arange(1, n + 1), np.arange(n) * 1000 / 30, np.tile([[1280, 720]], (n, 1)), points
@@ -62,6 +66,7 @@ def write_keypoints(folder: Path, stem: str, points: np.ndarray) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.frames.jsonl"
     write_frames_jsonl(sequence_records(sequence), path)
+    write_columns(path)
     return path
 
 
@@ -92,6 +97,7 @@ def example(tmp_path: Path, example_frames: Path, data_dir: Path) -> dict[str, P
     for folder in (keypoints, annotations, out):
         folder.mkdir()
     (keypoints / example_frames.name).symlink_to(example_frames)
+    (keypoints / columns_path(example_frames).name).symlink_to(columns_path(example_frames))
     (annotations / "example_video.json").symlink_to(data_dir / "annotations" / "example_video.json")
     return {"keypoints": keypoints, "annotations": annotations, "labels": EXAMPLE_MAPPING, "out": out}
 
@@ -309,6 +315,25 @@ def test_csv_rounds_to_6_decimals_and_parquet_keeps_full_precision(
     np.testing.assert_array_equal(text[features].to_numpy(), np.round(exact[features].to_numpy(), 6))
     np.testing.assert_array_equal(two[features].to_numpy(), np.round(exact[features].to_numpy(), 2))
     assert exact["move"].fillna("").tolist() == text["move"].fillna("").tolist()
+
+
+@pytest.mark.parametrize(
+    ("block_rows", "parallel_rows"),
+    [(7, 1), (1 << 14, 1), (7, 1 << 10)],
+    ids=["blocks-of-7-on-every-core", "a-block-per-core", "blocks-of-7-in-turn"],
+)
+def test_csv_formatted_in_blocks_is_the_csv_pyarrow_writes_in_one_pass(
+    tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    block_rows: int, parallel_rows: int
+) -> None:
+    monkeypatch.setattr("trainer.dataset.CSV_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr("trainer.dataset.CSV_PARALLEL_ROWS", parallel_rows)
+    build(capsys, tmp_path / "blocks.csv", *tiny, "--include-unlabeled")
+    build(capsys, tmp_path / "same.parquet", *tiny, "--include-unlabeled", "--decimals", "6")
+    one_pass = tmp_path / "one-pass.csv"
+    options = pa_csv.WriteOptions(quoting_style="needed")
+    pa_csv.write_csv(pq.read_table(tmp_path / "same.parquet"), one_pass, options)
+    assert (tmp_path / "blocks.csv").read_bytes() == one_pass.read_bytes()
 
 
 def test_feature_groups_and_z(tiny: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

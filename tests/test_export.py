@@ -669,10 +669,9 @@ def test_a_hand_picked_version_after_a_default_one_is_refused_with_the_way_out(
     capsys.readouterr()
 
     assert device(["models", "install", str(tmp_path / "three.zip"), "--config", str(config)]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"device models: error: compatibility: version 3.0.0 is older than the active {active} (versions "
-        "compare number by number from the left); export it with a higher version, or force the downgrade "
-        "(--force on push or models install, or activate a stored version)"
+    assert capsys.readouterr().err.strip() == (  # force would not help: 3.0.0 never ran on this kiosk
+        f"device models: error: rollback: poses 3.0.0 is below this kiosk's version floor {active}, which "
+        f"force does not lower: export the model again with a version above {active} and install that"
     )
 
 

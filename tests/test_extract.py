@@ -27,6 +27,7 @@ from trainer.extract import (
     extract_video,
     find_videos,
 )
+from trainer.frame_columns import CopyState, check_copy
 
 VIDEOS = DATA / "videos"
 SQUATS, DANCE = VIDEOS / "squats.mp4", VIDEOS / "dance.mp4"
@@ -61,7 +62,8 @@ def test_extracts_every_decoded_frame_of_each_video(extracted) -> None:
     out, completed = extracted
     assert completed.returncode == 0, completed.stderr
     assert "2 done, 0 skipped, 0 failed; 167 frames" in completed.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["dance.frames.jsonl", "squats.frames.jsonl"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["dance.frames.arrow", "dance.frames.jsonl", "squats.frames.arrow", "squats.frames.jsonl"]
     for stem, count in FRAME_COUNTS.items():
         records = _lines(out / f"{stem}.frames.jsonl")
         assert [r["frame_number"] for r in records] == list(range(1, count + 1))
@@ -73,6 +75,18 @@ def test_extracts_every_decoded_frame_of_each_video(extracted) -> None:
         joint = records[0]["joint_positions"]["nose"]
         width = records[0]["image_dimensions"]["width"]
         assert joint["x_normalized"] == pytest.approx(joint["x"] / width)
+
+
+def test_each_frame_file_gets_a_fresh_columnar_copy_with_the_same_keypoints(extracted) -> None:
+    out, completed = extracted
+    assert completed.returncode == 0, completed.stderr
+    for stem in FRAME_COUNTS:
+        copied, how = check_copy(out / f"{stem}.frames.jsonl")
+        assert how.state is CopyState.FRESH
+        reference = read_frames_jsonl(out / f"{stem}.frames.jsonl")
+        assert copied.sequence_id == reference.sequence_id == stem
+        for field in ("frame_numbers", "timestamps_ms", "sizes", "points"):
+            assert getattr(copied, field).tobytes() == getattr(reference, field).tobytes(), field
 
 
 def finished_squats_and_stale_dance(out: Path, extracted_dir: Path) -> tuple[Path, Path]:
@@ -144,7 +158,7 @@ def test_corrupt_files_are_reported_and_the_batch_goes_on(
     assert status == 1
     assert failure_lines(captured.err) == expected_failures
     assert "1 done, 0 skipped, 2 failed" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["squats.frames.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["squats.frames.arrow", "squats.frames.jsonl"]
 
 
 def _empty_dir(tmp: Path) -> list[str]:

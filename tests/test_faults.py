@@ -31,7 +31,15 @@ import numpy as np
 import pytest
 from broker import Mosquitto, Subscriber, free_port
 from conftest import REPO, PoseBundle, eventually
-from test_daemon import TOPIC, _write_toml, device_config, http_get
+from test_daemon import (
+    TOPIC,
+    Notifications,
+    _child,
+    _write_toml,
+    device_config,
+    http_get,
+    notifications,  # noqa: F401  (the NOTIFY_SOCKET fixture)
+)
 
 from device.config import Config, parse_config
 from device.daemon import Daemon
@@ -336,6 +344,48 @@ def test_sigkill_with_a_backlog_loses_nothing_committed_and_keeps_the_active_mod
         duplicates=delivery.duplicates + events.duplicates,
         integrity=integrity,
         active_model_after_restart=after["model"]["version"],
+    )
+
+
+# ---------------------------------------------------------------------- readiness
+
+
+def test_a_kiosk_without_a_model_is_ready_feeds_the_watchdog_and_says_it_waits(
+    tmp_path: Path,
+    pose_model: PoseBundle,
+    data_dir: Path,
+    notifications: Notifications,  # noqa: F811
+    report: Callable[..., None],
+) -> None:
+    config = device_config(
+        tmp_path, pose_model, data_dir / "videos" / "dance.mp4", 1, pace="realtime", loop=True
+    )
+    config["model"] = {"trusted_keys": [str(pose_model.public_key)]}  # as init-device leaves it: no model
+    config["mqtt"] = {"enabled": False}
+    config["http"] = {"port": free_port()}
+    child = _child(
+        _write_toml(tmp_path / "device.toml", config),
+        NOTIFY_SOCKET=str(notifications.path),
+        WATCHDOG_USEC="2000000",
+    )
+    try:
+        # before the fix READY=1 waited for a model, and Type=notify restarted the kiosk every ~2 min
+        eventually(lambda: "READY=1" in notifications.read(), 60, "READY=1")
+        eventually(lambda: notifications.count("WATCHDOG=1") >= 3, 60, "the watchdog fed three times")
+        status, body = http_get(config["http"]["port"], "/healthz")
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == 0
+    finally:
+        child.kill()
+    assert status == 503 and json.loads(body)["reasons"] == ["no model loaded"]
+    assert notifications.count("READY=1") == 1
+    assert any("model none (waiting for one)" in m for m in notifications.lines if m.startswith("STATUS="))
+    report(
+        "freshly provisioned kiosk without a model, under Type=notify",
+        ready=notifications.count("READY=1"),
+        watchdog_fed=notifications.count("WATCHDOG=1"),
+        healthz=status,
+        reasons=json.loads(body)["reasons"],
     )
 
 

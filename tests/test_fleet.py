@@ -1,9 +1,10 @@
 """The fleet tool against real kiosks: two daemons classifying a looping video on loopback ports.
 
 The daemons are built in-process from validated configs (as in test_daemon.py), each with its own
-state folder and token, trusting the fixture's key and starting on its 1.0.0 bundle. The commands
-run through ``python -m provisioning``'s real entry point; a sampler polls ``/api/status`` while a
-push runs, to see every classification around the model switch.
+state folder and token, trusting the fixture's key and starting on its 1.0.0 bundle, publishing to
+a real mosquitto. The commands run through ``python -m provisioning``'s real entry point; while a
+push runs, a subscriber keeps every classification the kiosks publish (each with its outbox
+``seq``), which is the complete record of the model switch whatever the machine's load.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ import itertools
 import json
 import random
 import socket
-import threading
-import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
-from broker import free_port
+from broker import Mosquitto, Subscriber, free_port
 from conftest import PoseBundle, eventually
 
 from device.config import parse_config
@@ -33,10 +32,6 @@ from provisioning.__main__ import main as provisioning
 from trainer.__main__ import main as trainer
 
 KIOSKS = ("kiosk-a", "kiosk-b")
-# The one-frame slot between capture and pose drops frames while pose is busy: two daemons on
-# a 2-core machine skip up to 3 frames between results now and then (measured); a pipeline that
-# stopped for a second would skip 20.
-FRAMES_DROPPED_WHEN_BUSY = 5
 TOKEN_ENV = "KIOSK_A_TOKEN"
 UPLOAD_LIMIT_MB = 4
 
@@ -70,6 +65,7 @@ class Fleet:
     daemons: dict[str, Daemon]
     tokens: dict[str, str]
     folder: Path
+    broker_port: int | None = None  # where the kiosks publish, when they do
     dead_port: int = field(default_factory=free_port)  # nothing listens: connection refused
 
     def url(self, name: str) -> str:
@@ -108,10 +104,19 @@ class Fleet:
 
 
 @contextmanager
-def running_fleet(pose_model: PoseBundle, data_dir: Path, folder: Path) -> Iterator[Fleet]:
+def running_fleet(
+    pose_model: PoseBundle,
+    data_dir: Path,
+    folder: Path,
+    *,
+    broker_port: int | None = None,
+    pace: Literal["realtime", "fast"] = "realtime",
+) -> Iterator[Fleet]:
     """Both kiosks classifying on loopback ports, each on the fixture's 1.0.0; stopped at the end.
 
-    Also used by test_mlflow.py, which pushes registered versions to its own fleet.
+    With ``broker_port`` they publish there; ``pace="fast"`` plays the video as fast as pose
+    takes frames, so none is ever dropped (a realtime source drops frames when the machine is
+    busy). Also used by test_mlflow.py, which pushes registered versions to its own fleet.
     """
     daemons: dict[str, Daemon] = {}
     tokens = {name: hashlib.sha256(name.encode()).hexdigest()[:32] for name in KIOSKS}
@@ -123,10 +128,10 @@ def running_fleet(pose_model: PoseBundle, data_dir: Path, folder: Path) -> Itera
                     "kind": "file",
                     "paths": [str(data_dir / "videos" / "dance.mp4")],
                     "loop": True,
-                    "pace": "realtime",
+                    "pace": pace,
                 },
                 "model": {"bundle": str(pose_model.bundle), "trusted_keys": [str(pose_model.public_key)]},
-                "mqtt": {"enabled": False},
+                "mqtt": {"enabled": broker_port is not None, "port": broker_port or 1883},
                 "http": {
                     "port": 0,
                     "token_sha256": hashlib.sha256(tokens[name].encode()).hexdigest(),
@@ -141,7 +146,7 @@ def running_fleet(pose_model: PoseBundle, data_dir: Path, folder: Path) -> Itera
                 60,
                 f"{name} classifying",
             )
-        yield Fleet(daemons, tokens, folder)
+        yield Fleet(daemons, tokens, folder, broker_port)
     finally:
         for daemon in daemons.values():
             daemon.stop()
@@ -151,7 +156,11 @@ def running_fleet(pose_model: PoseBundle, data_dir: Path, folder: Path) -> Itera
 def fleet(
     pose_model: PoseBundle, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
-    with running_fleet(pose_model, data_dir, tmp_path_factory.mktemp("fleet")) as running:
+    folder = tmp_path_factory.mktemp("fleet")
+    with (
+        Mosquitto() as broker,
+        running_fleet(pose_model, data_dir, folder, broker_port=broker.port, pace="fast") as running,
+    ):
         yield running
 
 
@@ -169,98 +178,69 @@ def table(out: str) -> dict[str, tuple[str, str]]:
     return rows
 
 
-class Sampler:
-    """Polls a kiosk's ``/api/status`` every 0.1 s and keeps every classification it shows.
+def classifications(results: Subscriber, name: str) -> list[dict[str, Any]]:
+    """Every classification ``name`` published so far, once each (QoS 1 may repeat), by ``seq``."""
+    by_seq = {payload["seq"]: payload for payload in results.payloads(f"movement/{name}/classification")}
+    return [by_seq[seq] for seq in sorted(by_seq)]
 
-    ``recent`` holds the last 20 results; the sampler checks that the classification counter never
-    grew by more than that between two polls, so the union of what it saw is every result.
-    """
 
-    def __init__(self, fleet: Fleet, name: str) -> None:
-        self._fleet, self._name = fleet, name
-        self.results: dict[tuple[float, int], dict[str, Any]] = {}
-        self.largest_step = 0
-        self.error: Exception | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"sampler-{name}", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self._sample()
-        except Exception as exc:  # reported by __exit__: a dead sampler must not pass for a quiet kiosk
-            self.error = exc
-
-    def _sample(self) -> None:
-        previous = None
-        while not self._stop.wait(0.1):
-            status = self._fleet.status(self._name)
-            count = status["counters"]["classifications"]
-            if previous is not None:
-                self.largest_step = max(self.largest_step, count - previous)
-            previous = count
-            for result in status["recent"]:
-                self.results[(result["ts"], result["window"]["last_frame"])] = result
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        if self.error is not None:
-            raise AssertionError(f"sampling {self._name} failed: {self.error!r}")
-
-    def timeline(self) -> list[tuple[float, int, str]]:
-        """(time, last frame, model version) of each result, in order."""
-        return [
-            (ts, frame, result["model"]["version"]) for (ts, frame), result in sorted(self.results.items())
-        ]
+def count_of(version: str, results: Subscriber, name: str) -> int:
+    return sum(payload["model"]["version"] == version for payload in classifications(results, name))
 
 
 def test_push_switches_both_kiosks_while_classifying_and_reports_a_dead_one(
     fleet: Fleet, bundles: Bundles, token_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert {fleet.version(name) for name in KIOSKS} == {"1.0.0"}
+    assert fleet.broker_port is not None
     path = fleet.write("fleet.toml", dead=True)
-    with Sampler(fleet, "kiosk-a") as sampler_a, Sampler(fleet, "kiosk-b") as sampler_b:
-        time.sleep(1.0)  # a baseline of the old model's results
-        began = time.monotonic()
+    with Subscriber(fleet.broker_port, "movement/+/classification") as results:
+        for name in KIOSKS:  # a baseline of the old model's results
+            eventually(lambda n=name: count_of("1.0.0", results, n) >= 10, 60, f"{name}: 1.0.0 results")
         status = provisioning(["push", str(bundles.v2), "--fleet", str(path), "--timeout", "60"])
-        elapsed = time.monotonic() - began
-        time.sleep(1.0)  # and some of the new one's
+        for name in KIOSKS:  # and some of the new one's
+            eventually(lambda n=name: count_of("2.0.0", results, n) >= 10, 60, f"{name}: 2.0.0 results")
+        timelines = {name: classifications(results, name) for name in KIOSKS}
     out = capsys.readouterr().out
     rows = table(out)
     assert status == 1, out  # one device failed
     assert rows["kiosk-a"][0] == "ok" and rows["kiosk-b"][0] == "ok", out
     assert rows["kiosk-dead"] == ("unreachable", "connection refused (4 attempts)"), out
-    assert elapsed < 15, f"the push took {elapsed:.1f} s: a dead device must not hold up the others"
 
-    for name, sampler in (("kiosk-a", sampler_a), ("kiosk-b", sampler_b)):
+    summary = []
+    for name, timeline in timelines.items():
         assert fleet.version(name) == "2.0.0"
-        assert sampler.largest_step <= 20, f"{name}: sampled too slowly to see every result"
-        timeline = sampler.timeline()
-        versions = [version for _, _, version in timeline]
+        seqs = [payload["seq"] for payload in timeline]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{name}: a result is missing"
+        versions = [payload["model"]["version"] for payload in timeline]
         switch = versions.index("2.0.0")
         assert set(versions[:switch]) == {"1.0.0"} and set(versions[switch:]) == {"2.0.0"}, name
-        # Measured in video frames, not wall time: a loaded 2-core machine stalls the whole
-        # process now and then (capture included), which is no gap in the video; a pipeline that
-        # stops (for loading a model, or restarting) lets the capture run on, so frames go by.
+        # The source never drops a frame (pace "fast"), so the frames between two results are
+        # the pipeline's doing alone, whatever the machine's load: one window at most, across
+        # the switch too — the pipeline did not stop to load 2.0.0, and no result was lost (a
+        # model reading single frames: every frame has its result, 1.0.0's or 2.0.0's).
         # Steps across the end of the looping video are left out: a new pass is a new clip, whose
-        # pose tracking starts afresh by design (the same keypoints as `trainer extract`).
-        steps = [b - a if b > a else 0 for (_, a, _), (_, b, _) in itertools.pairwise(timeline)]
+        # pose tracking starts afresh by design (as in `trainer extract`).
+        frames = [payload["window"]["last_frame"] for payload in timeline]
+        steps = [b - a if b > a else 0 for a, b in itertools.pairwise(frames)]
         worst = max(range(len(steps)), key=steps.__getitem__)
-        assert steps[worst] <= bundles.window_frames + FRAMES_DROPPED_WHEN_BUSY, (
+        assert steps[worst] <= bundles.window_frames, (
             f"{name}: {steps[worst]} frames between results {worst} and {worst + 1} "
             f"(the switch to 2.0.0 at {switch}); one window is {bundles.window_frames}"
         )
         with urllib.request.urlopen(fleet.url(name) + "/api/models", timeout=5) as response:
             models = {m["version"]: m["status"] for m in json.loads(response.read())}
         assert models == {"2.0.0": "active", "1.0.0": "available"}
+        summary.append(
+            f"{name}: {len(timeline)} results, seq {seqs[0]}-{seqs[-1]} without a gap, 1.0.0 until result "
+            f"{switch}, largest step {steps[worst]} frame(s) (one window: {bundles.window_frames})"
+        )
 
     # pushing it again is a no-op that succeeds
     again = provisioning(["push", str(bundles.v2), "--fleet", str(path), "--device", "kiosk-a"])
     assert again == 0 and "already active" in table(capsys.readouterr().out)["kiosk-a"][1]
+    with capsys.disabled():
+        print("FLEET: " + "; ".join(summary))
 
 
 def test_a_silent_kiosk_times_out_without_holding_up_the_others(
@@ -321,13 +301,13 @@ def test_a_bundle_over_the_upload_limit_is_rejected_at_once(
             "manifest.json", json.dumps({"model_id": "poses", "version": "9.0.0", "sha256": "0" * 64})
         )
         archive.writestr("model.skops", random.randbytes((UPLOAD_LIMIT_MB + 2) * 1024 * 1024))
-    began = time.monotonic()
     status = provisioning(
         ["push", str(big), "--fleet", str(fleet.write("fleet.toml")), "--device", "kiosk-a"]
     )
     result, detail = table(capsys.readouterr().out)["kiosk-a"]
-    assert status == 1 and result == "rejected" and "Too Large" in detail, detail
-    assert time.monotonic() - began < 5  # not retried
+    # a refusal, which is the kiosk's answer and never retried (an unreachable kiosk's row says
+    # "(4 attempts)"); no time is asserted: a busy machine must not fail this test
+    assert status == 1 and result == "rejected" and "Too Large" in detail and "attempts" not in detail, detail
 
 
 def test_status_shows_each_kiosks_model_and_an_unreachable_one(
@@ -340,7 +320,7 @@ def test_status_shows_each_kiosks_model_and_an_unreachable_one(
     for name in KIOSKS:
         version, fps, mqtt, camera, *_uptime = rows[name][1].split()
         assert rows[name][0] == "poses" and version == fleet.version(name), out
-        assert float(fps) > 0 and mqtt == "off" and camera == "running", out
+        assert float(fps) > 0 and mqtt == "connected" and camera == "running", out
     assert rows["kiosk-dead"][0] == "unreachable:" and "connection refused" in rows["kiosk-dead"][1]
 
 

@@ -72,3 +72,26 @@ def test_extra_fields_and_seed_folders_still_read(frames_file: Path, tmp_path: P
     np.testing.assert_array_equal(read_frames(frames_file).points, read_keypoints(frames_file).points)
     with pytest.raises(KeypointFileError, match="no keypoints-NNNN.json"):
         read_frames(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda lines: lines[:5] + [""] + lines[5:],  # a blank line
+        lambda lines: lines[:5] + ["  " + lines[5]] + lines[6:],  # an indented line
+        lambda lines: [line + "\r" for line in lines],  # Windows line ends
+    ],
+    ids=["blank-line", "indented-line", "crlf"],
+)
+def test_lines_not_starting_with_a_brace_take_the_exact_check_and_read_the_same(
+    frames_file: Path, layout
+) -> None:
+    frames_file.write_text("\n".join(layout(frames_file.read_text().splitlines())) + "\n")
+    np.testing.assert_array_equal(read_frames(frames_file).points, read_keypoints(frames_file).points)
+
+
+def test_a_line_that_is_not_an_object_is_named_even_after_the_quick_check(frames_file: Path) -> None:
+    lines = frames_file.read_text().splitlines()
+    frames_file.write_text("\n".join([*lines[:7], "null", *lines[7:]]) + "\n")
+    with pytest.raises(KeypointFileError, match="frame 8: expected a JSON object"):
+        read_frames(frames_file)

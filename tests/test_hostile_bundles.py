@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
 from typing import Any
 
@@ -25,6 +26,8 @@ from test_hostile_files import JSON_VALUES
 from device.features import FeatureEngine, FeatureSpec
 from device.model.bundle import (
     MANIFEST,
+    MAX_DIRECTORY_SIZE,
+    MAX_MEMBERS,
     SCHEMA_VERSION,
     SIGNATURE,
     BundleError,
@@ -129,6 +132,53 @@ def test_mutated_zip_bytes_are_refused_by_name(method: int, flips: list[tuple[in
 @given(data=st.one_of(st.binary(max_size=400), st.binary(max_size=60).map(lambda b: b"PK\x03\x04" + b)))
 def test_bytes_that_are_not_a_bundle_are_refused(data: bytes) -> None:
     assert isinstance(opened(data), BundleError)
+
+
+# --------------------------------------------------------------------------- many members
+
+
+def with_members(count: int) -> bytes:
+    """The good bundle's three members followed by empty ones up to ``count`` (a few bytes each)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(GOOD)) as source, zipfile.ZipFile(buffer, "w") as archive:
+        for info in source.infolist():
+            archive.writestr(info, source.read(info))
+        for index in range(count - 3):
+            archive.writestr(zipfile.ZipInfo(f"{index}", date_time=(1980, 1, 1, 0, 0, 0)), b"")
+    return buffer.getvalue()
+
+
+def refusal(data: bytes) -> BundleError:
+    """Why a bundle within the device's default size limit (64 MiB) is refused."""
+    with pytest.raises(BundleError) as refused:
+        open_bundle(data, TRUSTED)
+    return refused.value
+
+
+def stating(data: bytes, count: int) -> bytes:
+    """The zip with its end record claiming ``count`` members (the directory itself unchanged)."""
+    end = len(data) - 22  # the end record, as zipfile writes it without a comment
+    assert data[end : end + 4] == b"PK\x05\x06"
+    return data[: end + 8] + struct.pack("<HH", count, count) + data[end + 12 :]
+
+
+def test_a_zip_of_100000_members_is_refused_by_its_count_before_its_directory_is_read() -> None:
+    """Issue 14 finding 12: 100,000 entries held model changes for 107 s in quadratic name checks."""
+    data = with_members(100_000)  # more than 65,535: zipfile writes a zip64 end record
+    print(f"a zip of 100000 members, {len(data)} bytes: {refusal(data)}")
+    assert str(refusal(data)) == f"size: the zip lists 100000 members (a bundle has 3; limit {MAX_MEMBERS})"
+
+
+def test_a_zip_understating_its_members_is_refused_by_its_directory_or_its_count() -> None:
+    """zipfile walks the directory by its size, not by the count the end record states."""
+    big = refusal(stating(with_members(60_000), 3))
+    print(f"60000 members stated as 3: {big}")
+    assert big.step == "size" and big.message.startswith("the zip's directory is ")
+    assert big.message.endswith(f"bytes (limit {MAX_DIRECTORY_SIZE})")
+    small = refusal(stating(with_members(MAX_MEMBERS + 1), 3))
+    assert small.message == f"the zip lists {MAX_MEMBERS + 1} members (a bundle has 3; limit {MAX_MEMBERS})"
+    extra = refusal(with_members(4))  # within the limits, an extra member is named by the layout check
+    assert str(extra) == "layout: unexpected member '0'"
 
 
 # --------------------------------------------------------------------------- signed, hostile manifests

@@ -16,22 +16,28 @@ import contextlib
 import hashlib
 import json
 import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import PoseBundle, eventually
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_daemon import device_config
+from tls_files import TlsFiles
 
+from device.access import AccessPolicy
 from device.config import parse_config
 from device.daemon import Daemon, build
-from device.status import StatusBoard
-from device.web import ConnectionLimits, WebServer, create_app
+from device.http_server import ConnectionLimits, WebServer
+from device.sources import VideoFileSource
+from device.status import LiveView, StatusBoard
+from device.web import STREAMS_EXTENSION, create_app
 
 TOKEN = "hostile-kiosk-token"
 UPLOAD_MB = 1
@@ -54,8 +60,30 @@ class Answer:
         return message
 
 
-def connect(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+def connect(
+    port: int,
+    source: str = "127.0.0.1",
+    timeout: float = 10.0,
+    *,
+    tls: TlsFiles | None = None,
+    receive_buffer: int | None = None,
+) -> socket.socket:
+    """A connection to the server on 127.0.0.1 from ``source``; over TLS when given the kiosk's files.
+
+    ``receive_buffer`` shrinks the client's socket buffer, so a client that does not read fills
+    the path to it in a few hundred kilobytes instead of megabytes.
+    """
+    sock = socket.socket()
+    try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        return sock if tls is None else tls.wrap(sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def read_answer(sock: socket.socket) -> Answer | None:
@@ -81,9 +109,11 @@ def read_answer(sock: socket.socket) -> Answer | None:
     return Answer(int(lines[0].split()[1]), headers, body)
 
 
-def raw(port: int, request: bytes, source: str = "127.0.0.1", timeout: float = 10.0) -> Answer | None:
+def raw(
+    port: int, request: bytes, source: str = "127.0.0.1", timeout: float = 10.0, tls: TlsFiles | None = None
+) -> Answer | None:
     """Send ``request`` exactly as given and read one answer."""
-    with connect(port, source, timeout) as sock:
+    with connect(port, source, timeout, tls=tls) as sock:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused before all was sent
             sock.sendall(request)
         return read_answer(sock)
@@ -97,8 +127,8 @@ def request(method: str, path: str, headers: dict[str, str] | None = None, body:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def get(port: int, path: str, source: str = "127.0.0.1") -> Answer:
-    answer = raw(port, request("GET", path), source)
+def get(port: int, path: str, source: str = "127.0.0.1", tls: TlsFiles | None = None) -> Answer:
+    answer = raw(port, request("GET", path), source, tls=tls)
     assert answer is not None, f"no answer to GET {path}"
     return answer
 
@@ -366,15 +396,29 @@ def test_one_address_cannot_take_every_connection(kiosk: Daemon) -> None:
     eventually(served_again, 10, "the address served again once its connections are gone")
 
 
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return TlsFiles.make(tmp_path_factory.mktemp("tls"))
+
+
+GuardedServer = Callable[..., WebServer]
+
+
 @pytest.fixture
-def guarded_server() -> Iterator[Callable[[ConnectionLimits], WebServer]]:
-    """A bare web server with chosen limits (the daemon's are fixed), stopped afterwards."""
+def guarded_server() -> Iterator[GuardedServer]:
+    """A bare web server with chosen limits (the daemon's are fixed), HTTPS with ``tls``; stopped after."""
     started: list[WebServer] = []
 
-    def start(limits: ConnectionLimits) -> WebServer:
-        token_sha256 = hashlib.sha256(TOKEN.encode()).hexdigest()
+    def start(
+        limits: ConnectionLimits, tls: TlsFiles | None = None, status: StatusBoard | None = None
+    ) -> WebServer:
+        policy = AccessPolicy(device_sha256=hashlib.sha256(TOKEN.encode()).hexdigest())
         server = WebServer(
-            create_app(StatusBoard("guarded"), token_sha256=token_sha256), "127.0.0.1", 0, limits=limits
+            create_app(status or StatusBoard("guarded"), access_policy=policy),
+            "127.0.0.1",
+            0,
+            limits=limits,
+            tls=None if tls is None else tls.server(),
         )
         server.start()
         started.append(server)
@@ -383,6 +427,12 @@ def guarded_server() -> Iterator[Callable[[ConnectionLimits], WebServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(params=[False, True], ids=["http", "https"])
+def transport(request: pytest.FixtureRequest, tls_files: TlsFiles) -> TlsFiles | None:
+    """Each protection holds over plain HTTP and over TLS alike."""
+    return tls_files if request.param else None
 
 
 def closed_by_server(sock: socket.socket, keep_sending: bytes, timeout: float) -> bool:
@@ -414,15 +464,15 @@ def closed_by_server(sock: socket.socket, keep_sending: bytes, timeout: float) -
     ids=["headers", "body"],
 )
 def test_a_request_that_dribbles_in_is_closed_after_its_grace(
-    guarded_server: Callable[[ConnectionLimits], WebServer], slow: bytes
+    guarded_server: GuardedServer, transport: TlsFiles | None, slow: bytes
 ) -> None:
-    server = guarded_server(ConnectionLimits(grace_s=1.0, min_rate=1000.0))
-    with connect(server.port) as sock:
+    server = guarded_server(ConnectionLimits(grace_s=1.0, min_rate=1000.0), transport)
+    with connect(server.port, tls=transport) as sock:
         assert closed_by_server(sock, slow, timeout=15)
-    assert get(server.port, "/api/status").status == 200
+    assert get(server.port, "/api/status", tls=transport).status == 200
 
 
-def test_a_steady_request_is_not_cut_off(guarded_server: Callable[[ConnectionLimits], WebServer]) -> None:
+def test_a_steady_request_is_not_cut_off(guarded_server: GuardedServer) -> None:
     """Bytes buy time: a body arriving well above the minimum rate takes longer than the grace, and passes."""
     server = guarded_server(ConnectionLimits(grace_s=0.5, min_rate=1000.0))
     body = b"x" * 20_000  # 20 s at the minimum rate; sent at about 10x that
@@ -436,8 +486,246 @@ def test_a_steady_request_is_not_cut_off(guarded_server: Callable[[ConnectionLim
     answer.error()
 
 
-def test_waitress_refusals_are_json_too(guarded_server: Callable[[ConnectionLimits], WebServer]) -> None:
-    server = guarded_server(ConnectionLimits())
-    answer = raw(server.port, b"GET /api/status HTTP/1.1\r\nBad Header Line\r\n\r\n")
+def test_waitress_refusals_are_json_too(guarded_server: GuardedServer, transport: TlsFiles | None) -> None:
+    server = guarded_server(ConnectionLimits(), transport)
+    answer = raw(server.port, b"GET /api/status HTTP/1.1\r\nBad Header Line\r\n\r\n", tls=transport)
     assert answer is not None and answer.status == 400
     assert answer.error().startswith("Bad Request")
+
+
+# --------------------------------------------------------------------------- bodies: decided on the headers
+
+
+def upload_head(size: int, headers: dict[str, str], path: str = "/api/models") -> bytes:
+    """The headers of a POST announcing ``size`` bytes of body, none of which is sent."""
+    head = request("POST", path, {"Content-Type": "application/zip", **headers})
+    return head.replace(b"Content-Length: 0", f"Content-Length: {size}".encode())
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """The status line and headers of the next answer (interim or final), byte by byte: no body is taken."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, f"closed after {head!r}"
+        head += byte
+    return head
+
+
+@pytest.mark.parametrize("path", ["/api/models", "/api/models/1.0.0/activate", "/api/keys/revocations"])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-the-token"}], ids=["none", "wrong"])
+def test_a_body_without_the_device_token_is_refused_before_it_is_sent(
+    kiosk: Daemon, path: str, headers: dict[str, str]
+) -> None:
+    """The 401 arrives while the client has sent only the headers of a 1 MB body.
+
+    Before, waitress read and buffered the whole body first, and this read timed out.
+    """
+    with connect(kiosk.http_port, timeout=5) as sock:
+        sock.sendall(upload_head(LIMIT, headers, path))
+        answer = read_answer(sock)
+    assert answer is not None and answer.status == 401, answer
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert "Authorization: Bearer" in answer.error()
+
+
+def test_bodies_in_flight_share_a_bounded_budget(kiosk: Daemon) -> None:
+    """All bodies in flight may take twice the upload limit (2 MB here). Two 1 MB uploads still
+    arriving hold it; a third is told to retry (503) from its headers; once they end, uploads are
+    taken again. ``Expect: 100-continue`` shows when the server has taken a body's share.
+    """
+    head = upload_head(LIMIT, {**AUTH, "Expect": "100-continue"})
+    with contextlib.ExitStack() as stack:
+        arriving = [stack.enter_context(connect(kiosk.http_port)) for _ in range(2)]
+        for sock in arriving:
+            sock.sendall(head)
+            assert read_head(sock).startswith(b"HTTP/1.1 100 Continue")
+        turned_away = raw(kiosk.http_port, head, timeout=5)
+        assert turned_away is not None and turned_away.status == 503, turned_away
+        assert turned_away.headers["retry-after"] == "5" and "retry" in turned_away.error()
+        for sock in arriving:
+            sock.sendall(b"x" * LIMIT)
+        finished = [read_answer(sock) for sock in arriving]
+    # not a bundle: refused by the model store, after the body was read in full
+    assert [answer.status if answer else None for answer in finished] == [422, 422]
+    with connect(kiosk.http_port) as sock:  # the budget was given back
+        sock.sendall(head)
+        assert read_head(sock).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"x" * LIMIT)
+        again = read_answer(sock)
+    assert again is not None and again.status == 422
+    print(f"bodies in flight: 2 x {LIMIT} B accepted, the third refused with 503, then accepted again")
+    still_serving(kiosk)
+
+
+# --------------------------------------------------------------------------- clients that do not read
+
+
+def pipelined(path: str, count: int) -> bytes:
+    """``count`` keep-alive GETs of ``path`` in one write, as a pipelining client sends them."""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() * count
+
+
+def test_clients_that_do_not_read_their_answers_do_not_hold_up_health_checks(kiosk: Daemon) -> None:
+    """Four MJPEG viewers and four connections with 200 pipelined ``/frame.jpg`` each, none of them
+    reading: eight connections, as many as the server has workers. ``/healthz`` and ``/api/status``
+    keep answering; then the write timeout closes the viewers and their workers are free again.
+
+    Before, every worker ended up waiting on one of these clients and ``/healthz`` timed out.
+    """
+    assert kiosk.web is not None
+    port, streams = kiosk.http_port, kiosk.web.app.extensions[STREAMS_EXTENSION]
+    checks = 20
+    with contextlib.ExitStack() as stack:
+        viewers = [stack.enter_context(connect(port, receive_buffer=4096)) for _ in range(4)]
+        for sock in viewers:
+            sock.sendall(request("GET", "/stream.mjpg"))
+        eventually(lambda: streams.active == 4, 10, "four live viewers")
+        for _ in range(4):
+            stack.enter_context(connect(port, receive_buffer=4096)).sendall(pipelined("/frame.jpg", 200))
+        answered = 0
+        for _ in range(checks):
+            health = raw(port, request("GET", "/healthz"), OTHER_CLIENT, timeout=5)
+            status = raw(port, request("GET", "/api/status"), OTHER_CLIENT, timeout=5)
+            assert health is not None and health.status == 200, health
+            assert status is not None and status.status == 200, status
+            answered += 1
+            time.sleep(0.1)
+        assert streams.active == 4  # all the while the viewers held their workers
+        eventually(lambda: streams.active == 0, 30, "the viewers closed by the write timeout")
+    print(f"slow readers: {answered}/{checks} /healthz and /api/status answered, 8 connections not reading")
+    still_serving(kiosk)
+
+
+def live_board(frame: np.ndarray) -> StatusBoard:
+    """A board with a camera frame to serve (no person: only the banner is drawn on it)."""
+    board = StatusBoard("guarded")
+    board.set_view(LiveView(frame, None, None, 1))
+    return board
+
+
+@pytest.fixture(scope="module")
+def camera_frame(data_dir: Path) -> np.ndarray:
+    """The first frame of dance.mp4 (a real camera picture: its JPEG is about 100 KB)."""
+    with VideoFileSource(data_dir / "videos" / "dance.mp4") as video:
+        return next(iter(video)).image
+
+
+def test_a_viewer_that_stops_reading_is_closed_after_the_write_timeout(
+    guarded_server: GuardedServer, transport: TlsFiles | None, camera_frame: np.ndarray
+) -> None:
+    """The stream's worker waits for a slow viewer, but not for ever: after a second without a byte
+    taken the connection is closed and the worker and the stream's slot are free again."""
+    server = guarded_server(
+        ConnectionLimits(write_timeout_s=1.0, output_bytes=64 * 1024), transport, live_board(camera_frame)
+    )
+    streams = server.app.extensions[STREAMS_EXTENSION]
+    with connect(server.port, tls=transport, receive_buffer=4096) as viewer:
+        viewer.sendall(request("GET", "/stream.mjpg"))
+        eventually(lambda: streams.active == 1, 10, "the viewer's stream")
+        eventually(lambda: streams.active == 0 and server.connections == 0, 20, "the viewer closed")
+    assert get(server.port, "/frame.jpg", tls=transport).status == 200
+
+
+def test_a_viewer_that_reads_slowly_is_not_cut_off(
+    guarded_server: GuardedServer, camera_frame: np.ndarray
+) -> None:
+    """Bytes taken count as progress: a viewer behind the stream but reading keeps it."""
+    limits = ConnectionLimits(write_timeout_s=5.0, output_bytes=64 * 1024)
+    server = guarded_server(limits, None, live_board(camera_frame))
+    with connect(server.port, receive_buffer=4096) as viewer:
+        viewer.sendall(request("GET", "/stream.mjpg"))
+        received = b""
+        while received.count(b"--frame\r\n") < 4:  # three whole parts, read 8 KB at a time
+            chunk = viewer.recv(8192)
+            assert chunk, "the server closed a viewer that was reading"
+            received += chunk
+            time.sleep(0.02)
+    assert server.app.extensions[STREAMS_EXTENSION].active <= 1
+
+
+def read_pipelined(sock: socket.socket, count: int) -> list[Answer]:
+    """``count`` answers in a row from one keep-alive connection."""
+    stream = sock.makefile("rb")
+    answers = []
+    for _ in range(count):
+        status = int(stream.readline().split()[1])
+        headers = {}
+        while (line := stream.readline()) != b"\r\n":
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        answers.append(Answer(status, headers, stream.read(int(headers["content-length"]))))
+    return answers
+
+
+def test_a_pipelining_client_that_reads_late_gets_every_answer(
+    guarded_server: GuardedServer, camera_frame: np.ndarray
+) -> None:
+    """Its requests wait (parked, holding no worker) while its answers are unread; none is lost."""
+    server = guarded_server(ConnectionLimits(output_bytes=64 * 1024), None, live_board(camera_frame))
+    with connect(server.port, receive_buffer=4096) as client:
+        client.sendall(pipelined("/frame.jpg", 50))
+        for _ in range(10):  # meanwhile others are served
+            assert get(server.port, "/api/status", source=OTHER_CLIENT).status == 200
+        answers = read_pipelined(client, 50)
+    assert [a.status for a in answers] == [200] * 50
+    assert len({a.body for a in answers}) == 1 and answers[0].body.startswith(b"\xff\xd8")
+
+
+def test_idle_connections_from_a_few_addresses_make_room_for_new_ones(guarded_server: GuardedServer) -> None:
+    """Three addresses hold six idle connections each, more than the server's 12 in all: each new
+    connection closes the longest idle one instead of waiting for a free slot.
+
+    Before, the server stopped accepting at its limit and this ``/healthz`` hung.
+    """
+    server = guarded_server(ConnectionLimits(total=12, per_client=6))
+    with contextlib.ExitStack() as stack:
+        idle = [
+            stack.enter_context(connect(server.port, f"127.0.0.{n}")) for n in (2, 3, 4) for _ in range(6)
+        ]
+        answers = [raw(server.port, request("GET", "/healthz"), "127.0.0.5", timeout=5) for _ in range(5)]
+        # answered: 503, as a bare board is not healthy
+        assert [a.status if a else None for a in answers] == [503] * 5
+        for sock in idle:
+            sock.setblocking(False)
+
+        def closed() -> int:
+            count = 0
+            for sock in idle:
+                with contextlib.suppress(BlockingIOError):
+                    count += sock.recv(1) == b""
+            return count
+
+        evicted = eventually(closed, 10, "idle connections closed")
+    assert 6 <= evicted <= 18 - 12 + 5
+    print(f"idle connections: 18 held by 3 addresses, limit 12; {evicted} closed, 5/5 /healthz answered")
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def test_a_handshake_that_never_completes_does_not_hold_up_others(
+    guarded_server: GuardedServer, tls_files: TlsFiles
+) -> None:
+    """A client that starts a TLS handshake and stops is closed like any slow request."""
+    server = guarded_server(ConnectionLimits(grace_s=1.0, min_rate=1000.0), tls_files)
+    with contextlib.ExitStack() as stack:
+        stuck = [stack.enter_context(connect(server.port)) for _ in range(3)]
+        for sock in stuck:
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello
+        answer = get(server.port, "/healthz", source=OTHER_CLIENT, tls=tls_files)
+        assert answer.status == 503 and answer.error()
+        for sock in stuck:
+            assert closed_by_server(sock, b"\x00", timeout=15)
+
+
+def test_one_address_gets_only_its_share_over_tls_too(
+    guarded_server: GuardedServer, tls_files: TlsFiles
+) -> None:
+    server = guarded_server(ConnectionLimits(per_client=4), tls_files)
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(connect(server.port)) for _ in range(4)]
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # closed at accept, before any handshake
+            connect(server.port, tls=tls_files).close()
+        assert get(server.port, "/api/status", source=OTHER_CLIENT, tls=tls_files).status == 200
+        assert all(sock.fileno() != -1 for sock in held)

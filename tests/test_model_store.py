@@ -47,7 +47,9 @@ def store(tmp_path: Path, pose_model: PoseBundle, versions: dict[str, bytes]) ->
 
 
 def stored_files(store: ModelStore) -> list[str]:
-    return sorted(path.name for path in store.folder.iterdir() if not path.name.startswith("registry"))
+    """The bundle files (and any leftover), without the registry and the rollback and revocation state."""
+    state = ("registry", "rollback.json", "revocations.json")
+    return sorted(path.name for path in store.folder.iterdir() if not path.name.startswith(state))
 
 
 def test_install_list_and_a_new_store_on_the_same_folder(
@@ -111,10 +113,12 @@ def test_activate_rolls_back_and_forward_without_force(store: ModelStore, versio
     assert store.active() == "2.0.0"
 
 
-def test_a_downgrade_needs_force_and_is_then_a_rollback(
+def test_a_downgrade_to_a_version_that_ran_needs_force_and_is_then_a_rollback(
     store: ModelStore, versions: dict[str, bytes]
 ) -> None:
+    store.install(versions["1.0.0"])
     store.install(versions["2.0.0"])
+    (store.folder / "1.0.0.zip").unlink()  # gone from disk, as a pruned version is: installed again
     with pytest.raises(ModelRejected) as refused:
         store.install(versions["1.0.0"])
     assert refused.value.step == "compatibility"
@@ -238,6 +242,109 @@ def test_a_damaged_registry_is_moved_aside(tmp_path: Path, pose_model: PoseBundl
     store = ModelStore(tmp_path, [pose_model.public_key])
     assert store.active() is None
     assert [p.name for p in folder.glob("registry.sqlite.corrupt-*")]
+
+
+# --------------------------------------------------------------------------- rollback protection
+
+
+def floors(store: ModelStore) -> dict[str, Any]:
+    return json.loads((store.folder / "rollback.json").read_text())["models"]
+
+
+def test_force_cannot_install_an_older_version_this_kiosk_never_ran(
+    store: ModelStore, versions: dict[str, bytes]
+) -> None:
+    """Issue 14 finding 9: a stolen token and any old signed bundle used to be a forced rollback."""
+    store.install(versions["1.0.0"])
+    store.install(versions["3.0.0"])
+    with pytest.raises(ModelRejected) as refused:
+        store.install(versions["2.0.0"], force=True)
+    assert str(refused.value) == (
+        "rollback: poses 2.0.0 is older than 3.0.0, the newest poses this kiosk ran, and it never "
+        "ran here, which force does not change: export the model again with a version above 3.0.0 "
+        "and install that"
+    )
+    assert store.active() == "3.0.0" and stored_files(store) == ["1.0.0.zip", "3.0.0.zip"]
+    assert floors(store) == {"poses": {"floor": "1.0.0", "ran": ["1.0.0", "3.0.0"]}}
+    assert store.activate("1.0.0").rolled_back  # what did run here stays a rollback target
+
+    fresh = ModelStore(store.folder.parent / "fresh", store.trusted_keys)
+    fresh.install(versions["3.0.0"])
+    below = "^rollback: poses 1.0.0 is below this kiosk's version floor 3.0.0"
+    with pytest.raises(ModelRejected, match=below):
+        fresh.install(versions["1.0.0"], force=True)
+
+
+def test_the_floor_rises_as_versions_are_pruned_and_nothing_goes_below_it(
+    tmp_path: Path, pose_model: PoseBundle, versions: dict[str, bytes]
+) -> None:
+    store = open_store(tmp_path, pose_model, versions, keep=1)  # keeps 2: the active and the previous
+    store.install(versions["1.0.0"])
+    store.install(versions["2.0.0"])
+    assert floors(store)["poses"] == {"floor": "1.0.0", "ran": ["1.0.0", "2.0.0"]}
+    store.install(versions["3.0.0"])  # 1.0.0 is pruned: the floor rises to the oldest kept
+    assert floors(store)["poses"] == {"floor": "2.0.0", "ran": ["2.0.0", "3.0.0"]}
+    below = "rollback: poses 1.0.0 is below this kiosk's version floor 2.0.0, which force does not lower"
+    with pytest.raises(ModelRejected, match=f"^{below}: export the model again with a version above 3.0.0"):
+        store.install(versions["1.0.0"], force=True)  # it ran here once, but is below the floor
+    assert store.activate("2.0.0").rolled_back  # a rollback to what the store keeps stays possible
+
+    again = open_store(tmp_path, pose_model, versions, keep=1)  # a restart
+    with pytest.raises(ModelRejected, match=f"^{below}"):
+        again.install(versions["1.0.0"], force=True)
+
+    # a damaged registry is moved aside and forgotten; the floors are not
+    (again.folder / "registry.sqlite").write_bytes(b"this is not a database" * 100)
+    for sidecar in ("registry.sqlite-wal", "registry.sqlite-shm"):
+        (again.folder / sidecar).unlink(missing_ok=True)
+    reset = open_store(tmp_path, pose_model, versions, keep=1)
+    assert reset.active() is None
+    with pytest.raises(ModelRejected, match=f"^{below}"):
+        reset.install(versions["1.0.0"], force=True)
+    assert reset.install(versions["2.0.0"], force=True).version == "2.0.0"  # ran here, at the floor
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_a_missing_or_damaged_floor_file_never_lowers_a_floor(
+    tmp_path: Path, pose_model: PoseBundle, versions: dict[str, bytes], damage: str
+) -> None:
+    store = open_store(tmp_path, pose_model, versions)
+    for version in ("1.0.0", "2.0.0"):
+        store.install(versions[version])
+    assert store.activate("1.0.0").rolled_back and store.activate("2.0.0").changed  # both allowed
+    state = store.folder / "rollback.json"
+    if damage == "missing":
+        state.unlink()
+    else:
+        state.write_text('{"format": 1, "models": {"poses": {"floor": "0"')
+
+    reopened = open_store(tmp_path, pose_model, versions)
+    assert reopened.activate("2.0.0", force=True).changed  # the running version loads, as at start
+    with pytest.raises(ModelRejected) as refused:
+        reopened.activate("1.0.0")
+    message = str(refused.value)
+    assert message.startswith(
+        "rollback: poses 1.0.0 is below this kiosk's version floor 2.0.0, which force does not lower"
+    )
+    assert f"(the floors were rebuilt: rollback.json was {damage}" in message
+    assert reopened.active() == "2.0.0"
+    assert floors(reopened) == {"poses": {"floor": "2.0.0", "ran": ["2.0.0"]}}
+    assert len(list(reopened.folder.glob("rollback.json.corrupt-*"))) == (damage == "damaged")
+    assert reopened.install(versions["3.0.0"]).changed  # a newer version is the way forward
+
+
+def test_a_refused_rollback_is_one_line_from_the_models_command(
+    tmp_path: Path, pose_model: PoseBundle, versions: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path, pose_model))
+    for version in ("2.0.0", "1.0.0"):
+        (tmp_path / f"{version}.zip").write_bytes(versions[version])
+    assert device_main(["models", "install", str(tmp_path / "2.0.0.zip"), "--config", config]) == 0
+    capsys.readouterr()
+    status = device_main(["models", "install", str(tmp_path / "1.0.0.zip"), "--force", "--config", config])
+    out, err = capsys.readouterr()
+    assert (status, out) == (2, "") and len(err.splitlines()) == 1
+    assert err.startswith("device models: error: rollback: poses 1.0.0 is below this kiosk's version floor")
 
 
 @pytest.mark.parametrize(

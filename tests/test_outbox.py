@@ -1,4 +1,7 @@
-"""The SQLite outbox: order, durability across restarts, the drop_oldest bound, threads, corruption."""
+"""The SQLite outbox: order, durability across restarts, the drop_oldest bound, threads, corruption, epoch.
+
+A full file system and a read-only one are in ``test_storage_failure.py`` (they need a real mount).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from device.outbox import DROP_OLDEST, Outbox, OutboxCorruptError, OutboxError, OutboxFullError
+from device.outbox import DROP_OLDEST, Outbox, OutboxCorruptError, OutboxError, OutboxFullError, new_epoch
 
 TOPIC = "movement/kiosk/classification"
 
@@ -34,8 +38,9 @@ def test_append_returns_seq_and_pending_lists_rows_in_order(path: Path) -> None:
         assert appended == [1, 2, 3, 4, 5]
         first = outbox.pending()[0]
         assert (first.topic, first.qos, first.retain) == (TOPIC, 1, False)
-        assert first.payload.startswith(b'{"seq":1,')  # seq first; the caller's "seq" is replaced
-        assert json.loads(first.payload) == {"seq": 1, "label": "l0"}
+        assert first.payload.startswith(b'{"seq":1,"epoch":')  # the caller's "seq" is replaced
+        assert json.loads(first.payload) == {"seq": 1, "epoch": outbox.epoch, "label": "l0"}
+        assert first.key == (outbox.epoch, 1)
         assert seqs(outbox, after_seq=2) == [3, 4, 5]
         assert seqs(outbox, limit=2) == [1, 2]
         assert outbox.ack(2, 4, 99) == 2  # unknown seqs are ignored
@@ -58,6 +63,36 @@ def test_rows_and_seq_survive_a_restart_even_when_drained(path: Path) -> None:
         assert outbox.depth == 0
     with Outbox(path, max_rows=100) as outbox:
         assert outbox.append(TOPIC, {}) == 4  # never reused, so subscribers can deduplicate by seq
+
+
+def test_the_epoch_is_made_with_the_database_and_kept_in_it(path: Path, tmp_path: Path) -> None:
+    with Outbox(path, max_rows=10) as outbox:
+        epoch = outbox.epoch
+        outbox.append(TOPIC, {"epoch": "forged"})  # the caller cannot choose it
+        assert json.loads(outbox.pending()[0].payload)["epoch"] == epoch
+    with Outbox(path, max_rows=10) as outbox:
+        assert outbox.epoch == epoch  # a restart keeps the numbering and its name
+    with Outbox(tmp_path / "other.sqlite", max_rows=10) as other:
+        assert other.epoch != epoch and len(other.epoch) == len(new_epoch()) == 16
+
+
+def test_a_schema_1_file_is_upgraded_and_its_rows_carry_the_new_epoch(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(path)) as db, db:  # what a device before the epoch left behind
+        db.executescript(
+            """CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                   payload TEXT NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
+                   created REAL NOT NULL);
+               CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+               INSERT INTO counters VALUES ('dropped', 3);
+               INSERT INTO outbox VALUES (7, 'movement/kiosk/classification', '{"seq":7,"label":"a"}',
+                   1, 0, 0);
+               PRAGMA user_version = 1;"""
+        )
+    with Outbox(path, max_rows=10) as outbox:
+        assert (outbox.depth, outbox.dropped) == (1, 3)
+        assert json.loads(outbox.pending()[0].payload) == {"seq": 7, "label": "a", "epoch": outbox.epoch}
+        assert outbox.append(TOPIC, {}) == 8
 
 
 WRITER = """
@@ -171,9 +206,49 @@ def test_open_or_reset_moves_a_corrupt_file_aside_and_starts_fresh(path: Path) -
     with Outbox.open_or_reset(path, max_rows=10) as outbox:
         assert outbox.depth == 0
         assert outbox.append(TOPIC, {}) == 1
+        assert outbox.moved_aside is not None and outbox.moved_aside.rows is None  # cannot be counted
+        assert outbox.dropped == 0  # an unknown loss is reported as unknown, not as 0 rows
     moved = [p for p in path.parent.iterdir() if p.name.startswith("outbox.sqlite.corrupt-")]
-    assert len(moved) == 1
+    assert len(moved) == 1 and outbox.moved_aside.path == moved[0]
     assert moved[0].read_bytes() == original  # kept for inspection
+
+
+def damage_counters_index(path: Path) -> None:
+    """Overwrite the page of the counters' index in a closed outbox: ``quick_check`` fails, but the
+    rows can still be counted (what a torn write leaves on a card more often than a lost header)."""
+    with closing(sqlite3.connect(path)) as db:
+        page = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_counters_1'")
+        number = page.fetchone()[0]
+    data = bytearray(path.read_bytes())
+    data[(number - 1) * 4096 : number * 4096] = b"\x5a" * 4096
+    path.write_bytes(bytes(data))
+
+
+def _damaged_index(path: Path) -> str:
+    """300 rows, 10 acknowledged, 5 dropped by the bound, then :func:`damage_counters_index`; the epoch."""
+    with Outbox(path, max_rows=295) as outbox:
+        for i in range(300):
+            outbox.append(TOPIC, {"i": i})
+        outbox.ack(*range(6, 16))
+        epoch = outbox.epoch
+    damage_counters_index(path)
+    return epoch
+
+
+def test_a_corrupt_file_moved_aside_counts_its_unsent_rows_and_the_new_file_has_a_new_epoch(
+    path: Path,
+) -> None:
+    path.parent.mkdir(parents=True)
+    old_epoch = _damaged_index(path)
+    with pytest.raises(OutboxCorruptError):
+        Outbox(path, max_rows=10)
+    with Outbox.open_or_reset(path, max_rows=1000) as outbox:
+        assert outbox.moved_aside is not None and outbox.moved_aside.rows == 285  # 300 - 5 dropped - 10 acked
+        assert outbox.dropped == 285 + 5  # its unsent rows, and what it had dropped itself
+        assert outbox.epoch != old_epoch
+        assert outbox.append(TOPIC, {}) == 1  # seq starts again, under a new epoch
+    with Outbox(path, max_rows=1000) as outbox:
+        assert outbox.dropped == 290 and outbox.moved_aside is None  # the count is stored
 
 
 def test_open_or_reset_keeps_a_healthy_file(path: Path) -> None:
@@ -209,12 +284,11 @@ def test_a_size_cap_drops_the_oldest_rows_on_sqlite_full_and_keeps_the_newest(pa
         assert outbox.dropped == dropped  # the count survives a restart
 
 
-def test_a_message_that_cannot_fit_even_an_empty_outbox_is_counted_and_the_count_is_saved(path: Path) -> None:
+def test_a_message_that_cannot_fit_even_an_empty_outbox_is_refused_not_counted(path: Path) -> None:
     with Outbox(path, max_rows=100, max_bytes=1) as outbox:  # capped at the fresh file's own size
         with pytest.raises(OutboxFullError, match="full"):
             outbox.append(TOPIC, {"blob": "x" * 10_000})  # needs overflow pages that cannot be had
-        assert (outbox.depth, outbox.dropped) == (0, 1)
-        assert outbox.append(TOPIC, {}) == 1  # a small one fits; the lost one never got a seq
-        assert (outbox.depth, outbox.dropped) == (1, 1)
-    with Outbox(path, max_rows=100) as outbox:
-        assert outbox.dropped == 1  # written with the append that succeeded
+        # not stored, so not dropped here: the caller still has it (the spool keeps it in memory)
+        assert (outbox.depth, outbox.dropped) == (0, 0)
+        assert outbox.append(TOPIC, {}) == 1  # a small one fits; the refused one never got a seq
+        assert (outbox.depth, outbox.dropped) == (1, 0)

@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Mosquitto, Received, Subscriber, free_port
+from broker import HOST, Mosquitto, Received, Subscriber, free_port
 from conftest import eventually
+from test_faults import report  # noqa: F401  (the fixture printing FAULTS lines for the README)
 
 from device.config import MqttSection, TlsSection
 from device.outbox import Outbox
 from device.prediction import Prediction
-from device.publisher import MqttPublisher
+from device.publisher import ACK_TIMEOUT_S, MqttPublisher
 from device.status import StatusBoard
 
 REPO = Path(__file__).resolve().parents[1]
 DESIGN_FIELDS = {
-    *("seq", "ts", "label", "confidence", "probabilities"),
+    *("seq", "epoch", "ts", "label", "confidence", "probabilities"),
     *("window", "model", "latency_ms", "person"),
 }
 
@@ -89,12 +92,15 @@ def make_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     """Build publishers (not started); every one is stopped and its outbox closed afterwards."""
     rigs: list[Rig] = []
 
-    def make(port: int, device_id: str = "kiosk", **mqtt: Any) -> Rig:
+    def make(port: int, device_id: str = "kiosk", ack_timeout_s: float = ACK_TIMEOUT_S, **mqtt: Any) -> Rig:
         outbox = Outbox(tmp_path / f"{device_id}-{len(rigs)}.sqlite", max_rows=10_000)
         status = StatusBoard(device_id)
         config = MqttSection(port=port, **mqtt)
         client_id = f"test-{device_id}-{uuid.uuid4().hex[:6]}"
-        rig = Rig(MqttPublisher(config, device_id, outbox, status, client_id=client_id), outbox, status)
+        publisher = MqttPublisher(
+            config, device_id, outbox, status, client_id=client_id, ack_timeout_s=ack_timeout_s
+        )
+        rig = Rig(publisher, outbox, status)
         rigs.append(rig)
         return rig
 
@@ -114,7 +120,7 @@ def test_classifications_arrive_in_order_with_seq_and_the_design_fields(broker: 
         assert all((m.qos, m.retain) == (1, False) for m in received)
         first = received[0].json()
         assert set(first) == DESIGN_FIELDS
-        assert first == {"seq": 1, **prediction(0).payload()}
+        assert first == {"seq": 1, "epoch": rig.outbox.epoch, **prediction(0).payload()}
         assert set(first["window"]) == {"first_frame", "last_frame", "start_ts_ms", "end_ts_ms"}
         assert first["model"] == {"id": "demo", "version": "1.2.0"}
         eventually(lambda: rig.outbox.depth == 0, 10, "outbox drained after the PUBACKs")
@@ -199,6 +205,7 @@ def test_stats_are_published_periodically(broker: Mosquitto, make_rig) -> None:
     assert {"latency_ms", "stage_ms", "uptime_s", "cpu_temp_c"} <= set(latest)
     assert set(latest["frames"]) >= {"dropped", "captured"}
     assert set(latest["outbox"]) == {"depth", "dropped"}
+    assert latest["storage"]["ok"] is True and latest["storage"]["mode"] == "disk"
 
 
 def test_broker_down_at_start_then_everything_arrives_in_order(make_rig) -> None:
@@ -359,3 +366,129 @@ def test_disabled_publisher_only_reports_it(tmp_path: Path) -> None:
         "broker": "127.0.0.1:1883",
         "detail": "disabled",
     }
+
+
+class SilentBroker:
+    """Speaks just enough MQTT 3.1.1 to look alive — CONNACK, PINGRESP, SUBACK — and never sends a PUBACK.
+
+    No real broker can be made to behave like this (a wedged bridge or plugin, a proxy in
+    between), so this is the suite's one fake broker. It counts connections per client id and
+    the PUBLISH packets it swallowed.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.connections: Counter[str] = Counter()
+        self.publishes = 0
+        self._server = socket.create_server((HOST, port))
+        self._server.settimeout(0.2)
+        self._stop = threading.Event()
+        self._clients: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, name="silent-broker", daemon=True)]
+
+    def __enter__(self) -> SilentBroker:
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for connection in [self._server, *self._clients]:
+            connection.close()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except (TimeoutError, OSError):
+                continue
+            connection.settimeout(0.2)
+            self._clients.append(connection)
+            thread = threading.Thread(
+                target=self._serve, args=(connection,), name="silent-client", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        buffer = b""
+        while not self._stop.is_set():
+            try:
+                data = connection.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+            while (packet := _mqtt_packet(buffer)) is not None:
+                kind, body, buffer = packet
+                if kind == 1:  # CONNECT: the client id follows the 10-byte variable header
+                    size = int.from_bytes(body[10:12], "big")
+                    self.connections[body[12 : 12 + size].decode()] += 1
+                    connection.sendall(b"\x20\x02\x00\x00")
+                elif kind == 3:
+                    self.publishes += 1  # and no PUBACK, ever
+                elif kind == 8:  # SUBSCRIBE: granted, so a subscriber looks connected too
+                    connection.sendall(b"\x90\x03" + body[:2] + b"\x01")
+                elif kind == 12:
+                    connection.sendall(b"\xd0\x00")
+
+
+def _mqtt_packet(buffer: bytes) -> tuple[int, bytes, bytes] | None:
+    """(packet type, body, rest) of the first whole packet in ``buffer``, or None until it has arrived."""
+    length, multiplier, index = 0, 1, 1
+    while True:
+        if index >= len(buffer):
+            return None
+        byte = buffer[index]
+        length += (byte & 0x7F) * multiplier
+        multiplier *= 128
+        index += 1
+        if not byte & 0x80:
+            break
+    if len(buffer) < index + length:
+        return None
+    return buffer[0] >> 4, buffer[index : index + length], buffer[index + length :]
+
+
+def test_a_broker_that_never_acknowledges_is_left_and_a_real_one_then_gets_everything(
+    make_rig,
+    report: Callable[..., None],  # noqa: F811  (the fixture imported from test_faults)
+) -> None:
+    port, timeout_s, total = free_port(), 1.0, 10
+    with Mosquitto(port, persistence=True) as broker:  # the dashboard's session, kept for later
+        with Subscriber(port, "movement/#", persistent=True, client_id="dashboard"):
+            pass
+        broker.stop()
+        with SilentBroker(port) as silent:
+            rig = make_rig(port, ack_timeout_s=timeout_s, discovery=False)
+            rig.publisher.start()
+            rig.emit(total)
+            eventually(lambda: silent.publishes >= total, 15, "the messages sent to the silent broker")
+            detail = eventually(
+                lambda: "no acknowledgement" in rig.mqtt["detail"] and rig.mqtt["detail"], 15, "the status"
+            )
+            eventually(lambda: silent.connections[rig.publisher.client_id] >= 3, 30, "two reconnects")
+            stalled = rig.status.snapshot()
+            assert rig.outbox.depth == total  # nothing acknowledged, so nothing deleted
+            swallowed, connections = silent.publishes, silent.connections[rig.publisher.client_id]
+        broker.start()
+        with Subscriber(port, "movement/#", persistent=True, client_id="dashboard") as sub:
+            received = sub.wait_for(rig.topic("classification"), total, timeout=30)
+            eventually(lambda: rig.outbox.depth == 0, 15, "every row acknowledged by mosquitto")
+            eventually(lambda: rig.mqtt["detail"] == "", 10, "the stall forgotten once acknowledged")
+    assert detail.startswith(f"no acknowledgement from the broker for {timeout_s:g} s")
+    assert stalled["counters"]["mqtt_ack_timeouts"] >= 2
+    assert sorted({m.json()["seq"] for m in received}) == list(range(1, total + 1))
+    report(
+        "broker accepts but never acknowledges",
+        ack_timeout_s=timeout_s,
+        publishes_swallowed=swallowed,
+        connections_to_it=connections,
+        ack_timeouts=stalled["counters"]["mqtt_ack_timeouts"],
+        then_delivered_by_mosquitto=len({m.json()["seq"] for m in received}),
+        lost=total - len({m.json()["seq"] for m in received}),
+    )

@@ -7,6 +7,7 @@ MediaPipe on the lab clip and on a composite of two sample clips tests it where 
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import PoseBundle
 
+from benchmarks.samples import side_by_side
 from device.__main__ import main as device
 from device.classifier import Classifier
 from device.keypoints import X
@@ -93,30 +95,10 @@ def test_the_man_and_the_woman_of_the_lab_clip_keep_one_id_each(
     assert man[1] < woman[0], sides  # the ranges never overlap: nobody took the other's id
 
 
-def composite(squats: Path, dance: Path, out: Path) -> Path:
-    """squats.mp4 (5 frames/s) beside dance.mp4 sampled at the same times, both 720 px high."""
-
-    def frames(path: Path) -> list[np.ndarray]:
-        with VideoFileSource(path) as source:
-            return [
-                cv2.resize(f.image, None, fx=720 / f.image.shape[0], fy=720 / f.image.shape[0])
-                for f in source
-            ]
-
-    left, right = frames(squats), frames(dance)
-    writer = cv2.VideoWriter(
-        str(out), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (left[0].shape[1] + right[0].shape[1], 720)
-    )
-    for n, image in enumerate(left):
-        writer.write(np.hstack([image, right[(4 * n) % len(right)]]))  # dance is 20 frames/s: every 4th
-    writer.release()
-    return out
-
-
 def test_a_squatter_beside_a_dancer_each_get_their_own_id_and_count(
     fitness_model: PoseBundle, data_dir: Path, squats: Path, tmp_path: Path
 ) -> None:
-    video = composite(squats, data_dir / "videos" / "dance.mp4", tmp_path / "side-by-side.mp4")
+    video = side_by_side(squats, data_dir / "videos" / "dance.mp4", tmp_path / "side-by-side.mp4")
     out = tmp_path / "both.jsonl"
     argv = [
         "replay",
@@ -146,6 +128,10 @@ def test_feed_poses_needs_everyone(pose_model: PoseBundle, squats_reference: np.
         api.feed_poses(squats_reference[:1], 0.0)
 
 
+def two_squats(activity: dict) -> bool:
+    return any(p["activities"].get("squat", {}).get("reps") == 2 for p in activity.get("people", []))
+
+
 def test_the_daemon_with_everyone_publishes_each_persons_results_and_the_people_in_view(
     fitness_model: PoseBundle, data_dir: Path, squats: Path, tmp_path: Path, run_daemon
 ) -> None:
@@ -154,16 +140,19 @@ def test_the_daemon_with_everyone_publishes_each_persons_results_and_the_people_
 
     from device.config import parse_config
 
-    video = composite(squats, data_dir / "videos" / "dance.mp4", tmp_path / "side-by-side.mp4")
+    video = side_by_side(squats, data_dir / "videos" / "dance.mp4", tmp_path / "side-by-side.mp4")
     base = "movement/kiosk-people"
-    with Mosquitto() as broker, Subscriber(broker.port, [f"{base}/classification", f"{base}/state"]) as sub:
+    topics = [f"{base}/classification", f"{base}/state", f"{base}/activity"]
+    with Mosquitto() as broker, Subscriber(broker.port, topics) as sub:
         config = {
             "device": {"id": "kiosk-people", "state_dir": str(tmp_path / "state")},
             "source": {"kind": "file", "paths": [str(video)], "pace": "fast", "loop": False},
             "pose": {"num_poses": 2, "classify": "everyone"},
             "model": {"bundle": str(fitness_model.bundle), "trusted_keys": [str(fitness_model.public_key)]},
             "mqtt": {"port": broker.port, "stats_interval_s": 60},
-            "http": {"enabled": False},
+            "http": {"port": 0},
+            "stations": [{"name": "left mat", "polygon": [[0, 0], [405, 0], [405, 720], [0, 720]]},
+                         {"name": "right mat", "polygon": [[405, 0], [1125, 0], [1125, 720], [405, 720]]}],
         }
         daemon = run_daemon(parse_config(config))
         assert eventually(daemon.capture.ended.is_set, 60, "the video to end")
@@ -171,8 +160,30 @@ def test_the_daemon_with_everyone_publishes_each_persons_results_and_the_people_
         eventually(
             lambda: {p["person"] for p in sub.payloads(f"{base}/classification")} == {1, 2}, 30, "both"
         )
+        # the retained activity has a counter per person: the squatter's two squats among them
+        activity = sub.wait_until(f"{base}/activity", lambda m: two_squats(m.json()), timeout=30).json()
+        web = f"http://127.0.0.1:{daemon.web.port}"
+        pose = json.loads(urllib.request.urlopen(f"{web}/api/pose", timeout=10).read())
+        frame = urllib.request.urlopen(f"{web}/frame.jpg", timeout=10).read()
     seqs = [p["seq"] for p in sub.payloads(f"{base}/classification")]
     assert seqs == sorted(seqs)
+    stations = {p["person"]: p["station"] for p in sub.payloads(f"{base}/classification")}
+    assert sorted(stations.values()) == ["left mat", "right mat"], stations
+    squatter = next(p for p, s in stations.items() if s == "left mat")
+    counters = {p["person"]: p["activities"].get("squat", {}).get("reps") for p in activity["people"]}
+    assert counters[squatter] == 2 and set(counters) == {1, 2}, activity
+    # /api/pose: both people with their ids and labels, the stations, the bones to draw
+    width = int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_WIDTH))
+    assert (pose["width"], pose["height"], len(pose["bones"])) == (width, 720, 35)
+    assert sorted(p["person"] for p in pose["people"]) == [1, 2]
+    assert all(p["label"] for p in pose["people"]) and all(len(p["points"]) == 33 for p in pose["people"])
+    assert [s["name"] for s in pose["stations"]] == ["left mat", "right mat"]
+    # the live picture: the stations' outlines in green along their shared edge (x = 405 px)
+    image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
+    scale = image.shape[1] / width
+    edge = image[200:600, round(405 * scale) - 1 : round(405 * scale) + 2].reshape(-1, 3).astype(int)
+    green = (edge[:, 1] > 150) & (edge[:, 0] < 140) & (edge[:, 2] < 160)
+    assert green.mean() > 0.5, edge[:5]
 
 
 def test_a_station_around_one_half_classifies_only_the_person_inside(
@@ -181,7 +192,7 @@ def test_a_station_around_one_half_classifies_only_the_person_inside(
     from device.prediction import Prediction
     from device.stations import Station
 
-    video = composite(squats, data_dir / "videos" / "dance.mp4", tmp_path / "side-by-side.mp4")
+    video = side_by_side(squats, data_dir / "videos" / "dance.mp4", tmp_path / "side-by-side.mp4")
     mat = Station("left mat", ((0, 0), (405, 0), (405, 720), (0, 720)))  # squats.mp4's half
     pose = PoseOptions(num_poses=2)
     with Classifier.open(fitness_model.bundle, [fitness_model.public_key], pose=pose, stations=(mat,)) as api:

@@ -20,22 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 from conftest import eventually
 from flask import Flask
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
+from tls_files import TlsFiles
 
+from device.access import AccessPolicy
+from device.capture import Capture
+from device.config import CaptureSection, UrlSource
+from device.http_server import WebServer
 from device.keypoints import JOINT_INDEX, VISIBILITY
 from device.overlay import BONES, draw_view
 from device.prediction import Prediction
 from device.status import STAGES, LiveView, ModelInfo, StatusBoard
-from device.web import STREAMS_EXTENSION, LiveStreams, WebServer, create_app
+from device.web import OPENAPI, PRIVACY_REFUSAL, STREAMS_EXTENSION, LiveStreams, create_app
 
 FRAME = 24  # 0-based frame of squats.mp4, the whole body in view
 TOKEN = "s3cret-device-token"
 TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
+DEVICE_TOKEN = AccessPolicy(device_sha256=TOKEN_SHA256)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -149,12 +156,12 @@ def serve(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Served]]:
     started: list[WebServer] = []
     threads_before = set(threading.enumerate())
 
-    def start(status: StatusBoard, **options: Any) -> Served:
+    def start(status: StatusBoard, tls: TlsFiles | None = None, **options: Any) -> Served:
         app = create_app(status, **options)
-        server = WebServer(app, "127.0.0.1", 0)
+        server = WebServer(app, "127.0.0.1", 0, tls=None if tls is None else tls.server())
         server.start()
         started.append(server)
-        return Served(app, server, f"http://127.0.0.1:{server.port}")
+        return Served(app, server, server.url)
 
     yield start
     for server in started:
@@ -277,7 +284,8 @@ def test_healthz_needs_frames_and_a_model(
 
 
 def test_metrics_are_prometheus_text(board: StatusBoard, serve: Callable[..., Served]) -> None:
-    status, headers, body = fetch(serve(board).url + "/metrics")
+    url = serve(board).url + "/metrics"
+    status, headers, body = fetch(url)
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
     families = {family.name: family for family in text_string_to_metric_families(body.decode())}
@@ -309,6 +317,12 @@ def test_metrics_are_prometheus_text(board: StatusBoard, serve: Callable[..., Se
     assert value("movement_edge_outbox_depth") == 3
     assert value("movement_edge_mqtt_connected") == 1
     assert value("movement_edge_model_info", id="movement", version="1.2.0") == 1
+    # a counter per label: how the day divides up between the model's labels
+    board.add_prediction(prediction("stand", 0.7))
+    board.add_prediction(prediction("stand", 0.8))
+    families = {family.name: family for family in text_string_to_metric_families(fetch(url)[2].decode())}
+    assert value("movement_edge_classifications_by_label", label="squat") == 1
+    assert value("movement_edge_classifications_by_label", label="stand") == 2
 
 
 def test_each_app_has_its_own_registry(board: StatusBoard, serve: Callable[..., Served]) -> None:
@@ -343,6 +357,22 @@ def test_frame_jpg_shows_the_skeleton(
     assert bone_difference(image, frame, points, ("right_shoulder", "right_elbow")) > 60
     # Far from the person the picture is the camera's (up to JPEG noise).
     assert np.abs(image[1100:, :150].astype(int) - frame[1100:, :150].astype(int)).mean() < 4
+
+
+def test_the_pages_picture_has_no_banner_to_disagree_with_its_headline(
+    board: StatusBoard, serve: Callable[..., Served], frame: np.ndarray, squats_reference: np.ndarray
+) -> None:
+    """The status page asks for ``banner=0``: the label is shown beside the picture, from the
+    same status as the headline, so picture and headline can never say different things."""
+    url = serve(board).url
+    with_banner = cv2.imdecode(np.frombuffer(fetch(url + "/frame.jpg")[2], np.uint8), cv2.IMREAD_COLOR)
+    plain = cv2.imdecode(np.frombuffer(fetch(url + "/frame.jpg?banner=0")[2], np.uint8), cv2.IMREAD_COLOR)
+    top = slice(0, 40)  # the banner's strip, darkened, with the label written on it
+    assert np.abs(with_banner[top].astype(int) - frame[top].astype(int)).mean() > 20
+    assert np.abs(plain[top].astype(int) - frame[top].astype(int)).mean() < 4
+    points = squats_reference[FRAME]
+    assert bone_difference(plain, frame, points, ("left_hip", "left_knee")) > 60  # the skeleton stays
+    assert fetch(url + "/frame.jpg?banner=maybe")[0] == 400
 
 
 def test_frame_jpg_is_503_before_the_first_frame(serve: Callable[..., Served]) -> None:
@@ -458,7 +488,7 @@ def test_mutating_endpoints_need_the_token(
     board: StatusBoard, serve: Callable[..., Served], path: str, headers: dict[str, str], code: int
 ) -> None:
     catalog = Catalog()
-    served = serve(board, token_sha256=TOKEN_SHA256, models=catalog)
+    served = serve(board, access_policy=DEVICE_TOKEN, models=catalog)
     status, response_headers, body = fetch(served.url + path, method="POST", body=BUNDLE, headers=headers)
     assert status == code
     assert response_headers["WWW-Authenticate"].startswith("Bearer")
@@ -468,7 +498,7 @@ def test_mutating_endpoints_need_the_token(
 
 def test_upload_and_activate_with_the_token(board: StatusBoard, serve: Callable[..., Served]) -> None:
     catalog = Catalog()
-    served = serve(board, token_sha256=TOKEN_SHA256, models=catalog)
+    served = serve(board, access_policy=DEVICE_TOKEN, models=catalog)
     raw = fetch_json(served.url + "/api/models?force=1", method="POST", body=BUNDLE, headers=AUTH)
     assert raw == (201, {"version": "1.3.0", "installed": True})
     boundary = "bundle-boundary"
@@ -504,7 +534,7 @@ def test_upload_and_activate_with_the_token(board: StatusBoard, serve: Callable[
 def test_refusals_of_the_catalog_are_422(
     board: StatusBoard, serve: Callable[..., Served], path: str, body: bytes, message: str
 ) -> None:
-    served = serve(board, token_sha256=TOKEN_SHA256, models=Catalog())
+    served = serve(board, access_policy=DEVICE_TOKEN, models=Catalog())
     status, error = fetch_json(served.url + path, method="POST", body=body, headers=AUTH)
     assert status == 422
     assert message in error["error"]
@@ -512,7 +542,7 @@ def test_refusals_of_the_catalog_are_422(
 
 def test_oversized_upload_is_413(board: StatusBoard, serve: Callable[..., Served]) -> None:
     catalog = Catalog()
-    served = serve(board, token_sha256=TOKEN_SHA256, models=catalog, max_upload_mb=0.01)
+    served = serve(board, access_policy=DEVICE_TOKEN, models=catalog, max_upload_mb=0.01)
     too_big = b"x" * (11 * 1024)
     assert fetch(served.url + "/api/models", method="POST", body=too_big, headers=AUTH)[0] == 413
     # The app refuses from the header on its own too (behind any WSGI server), as JSON.
@@ -535,7 +565,7 @@ def test_without_a_token_model_management_is_disabled(
 
 
 def test_without_a_catalog(board: StatusBoard, serve: Callable[..., Served]) -> None:
-    served = serve(board, token_sha256=TOKEN_SHA256)
+    served = serve(board, access_policy=DEVICE_TOKEN)
     status, listed = fetch_json(served.url + "/api/models")
     assert status == 200
     assert [(m["id"], m["version"], m["active"]) for m in listed] == [("movement", "1.2.0", True)]
@@ -568,7 +598,7 @@ def test_api_errors_are_json(
     code: int,
 ) -> None:
     catalog = Catalog()
-    served = serve(board, token_sha256=TOKEN_SHA256, models=catalog)
+    served = serve(board, access_policy=DEVICE_TOKEN, models=catalog)
     data, headers = body or (None, {})
     status, error = fetch_json(served.url + path, method=method, body=data, headers={**AUTH, **headers})
     assert status == code
@@ -579,7 +609,7 @@ def test_api_errors_are_json(
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: create_app(StatusBoard("k"), token_sha256=TOKEN), "64 lowercase hex digits"),
+        (lambda: AccessPolicy(device_sha256=TOKEN), "64 lowercase hex digits"),
         (lambda: create_app(StatusBoard("k"), max_upload_mb=0), "max_upload_mb must be positive"),
         (lambda: create_app(StatusBoard("k"), max_streams=0), "max_streams at least 1"),
         (lambda: WebServer(create_app(StatusBoard("k")), "localhost", 0), "bind must be an IP address"),
@@ -721,3 +751,373 @@ def test_page_polls_frames_without_a_free_stream_and_shows_when_offline(
     served.server.stop()
     expect(page.locator("#conn")).to_have_text("offline", timeout=5000)
     connection.close()
+
+
+def test_the_page_shows_everyone_and_whose_each_result_is(
+    board: StatusBoard, serve: Callable[..., Served], tab: Tab
+) -> None:
+    squat = {"kind": "phases", "set": 1, "in_set": True, "reps": 2, "hold_s": 0.0, "last_rep": None}
+    first = {"person": 1, "current": "squat", "last_range": None, "activities": {"squat": squat}}
+    idle = {**squat, "set": 0, "reps": 0, "in_set": False}
+    second = {"person": 2, "current": None, "last_range": None, "activities": {"squat": idle}}
+    board.set_activity({**first, "people": [first, second]})
+    board.add_prediction(replace(prediction("stand", 0.7), person=2, station="left mat"))
+    served = serve(board)
+    page = tab.page
+    page.goto(served.url + "/")
+    expect(page.locator("#people li")).to_have_text(["#1 squat 2", "#2 no activity"])
+    expect(page.locator("#recent tr:first-child td:nth-child(3)")).to_have_text("#2 · left mat")
+    expect(page.locator("#recent tr:nth-child(2) td:nth-child(3)")).to_have_text("#1")
+    board.set_activity(first)  # one person: no list, the counter alone
+    expect(page.locator("#people")).to_be_hidden(timeout=5000)
+    assert tab.console_errors == []
+
+
+# The line each character of an element's text is on, by the top of its box.
+LINE_BREAKS = """(id) => {
+  const tops = [];
+  const walker = document.createTreeWalker(document.getElementById(id), NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  let text = "";
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.length; i++) {
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      tops.push(range.getBoundingClientRect().top);
+      text += node.data[i];
+    }
+  }
+  const breaks = [];
+  for (let i = 1; i < tops.length; i++) if (tops[i] > tops[i - 1] + 1) breaks.push(text.slice(0, i));
+  return { text, breaks };
+}"""
+
+
+def test_long_labels_wrap_between_words_and_values_stay_on_one_line(
+    board: StatusBoard, serve: Callable[..., Served], browser: Browser
+) -> None:
+    long_label = "Traffic_BackStop_Extended_Variant"
+    values = {"model-version": "2026.12.02-143501-a1b2c3d4e5", "mqtt-broker": "mqtt.clinic.example.org:8883"}
+    board.set_model(replace(MODEL, version=values["model-version"], labels=(long_label, "stand")))
+    board.add_prediction(prediction(long_label, 0.9))
+    board.set_mqtt(enabled=True, connected=True, broker=values["mqtt-broker"])
+    served = serve(board)
+    page = browser.new_page(viewport={"width": 360, "height": 740})  # a phone
+    try:
+        page.goto(served.url + "/")
+        expect(page.locator("#label")).to_have_text(long_label)
+        label = page.evaluate(LINE_BREAKS, "label")
+        assert label["text"] == long_label
+        assert label["breaks"], "a label this long wraps on a phone"
+        assert all(before.endswith("_") for before in label["breaks"]), label  # never mid-word
+        for element, value in values.items():
+            assert page.evaluate(LINE_BREAKS, element)["breaks"] == [], element  # cut with an ellipsis
+            assert page.locator(f"#{element}").get_attribute("title") == value  # and shown in full on hover
+    finally:
+        page.close()
+
+
+def test_details_are_for_the_technician_and_the_model_status_is_in_plain_words(
+    board: StatusBoard, serve: Callable[..., Served], tab: Tab
+) -> None:
+    served = serve(board)
+    page = tab.page
+    page.goto(served.url + "/")
+    expect(page.locator("#current-when")).to_contain_text("at ")
+    for technical in ("#current-detail", "#stages", "#latency-p99", "#recent td.detail >> nth=0"):
+        expect(page.locator(technical)).to_be_hidden()
+    expect(page.locator("#model-status")).to_have_text("running 1.2.0")
+    expect(page.locator("#model-hint")).to_be_hidden()
+    page.locator("#details-toggle").click()
+    expect(page.locator("#current-detail")).to_have_text(f" · frames 1–{FRAME + 1} · 43 ms")  # 42.5, rounded
+    expect(page.locator("#latency-p99")).to_be_visible()
+    page.reload()  # the choice is remembered
+    expect(page.locator("#stages")).to_be_visible()
+    # a refused push: the old model runs on, and the page says both
+    board.mark_model("rejected", "signature does not match any trusted key")
+    expect(page.locator("#model-status")).to_have_text(
+        "running 1.2.0; refused a new model: signature does not match any trusted key", timeout=5000
+    )
+    assert tab.console_errors == []
+
+
+def test_without_a_model_the_page_says_how_to_give_it_one(serve: Callable[..., Served], tab: Tab) -> None:
+    served = serve(StatusBoard("kiosk-new"))
+    page = tab.page
+    page.goto(served.url + "/")
+    expect(page.locator("#label")).to_have_text("no model yet")
+    expect(page.locator("#model-hint")).to_be_visible()
+    expect(page.locator("#model-hint")).to_contain_text("python -m provisioning push")
+    assert tab.console_errors == []
+
+
+def test_privacy_mode_draws_skeletons_without_any_camera_image(
+    view: LiveView, frame: np.ndarray, serve: Callable[..., Served], tab: Tab
+) -> None:
+    status = StatusBoard("kiosk-private", privacy=True)
+    status.set_model(MODEL)
+    height, width = frame.shape[:2]
+    status.set_view(replace(view, image=None, size=(width, height)))
+    status.count("frames_processed")
+    served = serve(status)
+    page = tab.page
+    page.goto(served.url + "/")
+    expect(page.locator("#skeletons")).to_be_visible()
+    expect(page.locator("#live")).to_be_hidden()
+    expect(page.locator(".privacy-note")).to_contain_text("no camera image leaves this device")
+    drawn = """() => {
+      const c = document.getElementById('skeletons');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let lit = 0;
+      for (let i = 0; i < d.length; i += 4) if (d[i] > 60 || d[i + 1] > 60 || d[i + 2] > 60) lit++;
+      return [c.width, c.height, lit];
+    }"""
+    page.wait_for_function(f"() => ({drawn})()[2] > 500", timeout=5000)
+    assert page.evaluate(drawn)[:2] == [width, height]
+    assert not [url for url in tab.requested if "frame.jpg" in url or "stream.mjpg" in url], tab.requested
+    assert any(url.endswith("/api/pose") for url in tab.requested)
+    for path in ("/frame.jpg", "/stream.mjpg"):
+        status_code, body = fetch_json(served.url + path)
+        assert status_code == 404 and "privacy" in body["error"], (path, body)
+    assert tab.console_errors == []
+
+
+# --------------------------------------------------------------------------- every endpoint in every state
+
+
+def openapi_schema(name: str) -> dict[str, Any]:
+    """A component of ``device/openapi.json`` as JSON Schema (OpenAPI 3.0's ``nullable`` spelled out)."""
+
+    def plain(node: Any) -> Any:
+        if isinstance(node, list):
+            return [plain(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        converted = {key: plain(value) for key, value in node.items() if key != "nullable"}
+        return {"anyOf": [converted, {"type": "null"}]} if node.get("nullable") else converted
+
+    document = json.loads(OPENAPI.read_text())
+    return {"$ref": f"#/components/schemas/{name}", "components": plain(document["components"])}
+
+
+def fresh(board: StatusBoard, view: LiveView) -> None:
+    """A kiosk just started: no model, no frame, no result, the camera still opening, no broker yet."""
+
+
+def frames_without_a_model(board: StatusBoard, view: LiveView) -> None:
+    board.set_camera("running", source="camera 0")
+    board.record_stage("pose", 0.02)
+    board.set_view(view)
+
+
+def a_model_and_no_result_yet(board: StatusBoard, view: LiveView) -> None:
+    frames_without_a_model(board, view)
+    board.set_model(MODEL)
+
+
+def camera_lost(board: StatusBoard, view: LiveView) -> None:
+    """Classified for a while, then the camera went: the last frame stays, no new ones come."""
+    board.set_model(MODEL)
+    board.set_view(view)
+    assert view.prediction is not None
+    board.add_prediction(view.prediction)
+    board.set_camera("reconnecting", source="camera 0", detail="no more frames; retrying in 4.0 s")
+
+
+def no_broker(board: StatusBoard, view: LiveView) -> None:
+    a_model_and_no_result_yet(board, view)
+    assert view.prediction is not None
+    board.add_prediction(view.prediction)
+    board.set_mqtt(enabled=True, connected=False, broker="127.0.0.1:1883", detail="connection refused")
+    board.set_outbox(depth=120, dropped=0)
+
+
+@pytest.mark.parametrize(
+    "state", [fresh, frames_without_a_model, a_model_and_no_result_yet, camera_lost, no_broker]
+)
+def test_every_endpoint_answers_in_every_state(
+    serve: Callable[..., Served], view: LiveView, state: Callable[[StatusBoard, LiveView], None]
+) -> None:
+    """Each endpoint gives its described answer in each state a kiosk is in at some point.
+
+    Before, ``/metrics`` was a 500 until the first classification (its latency percentiles were
+    None), exactly when Prometheus starts scraping a new kiosk.
+    """
+    board = StatusBoard("kiosk-test")
+    state(board, view)
+    served = serve(board, models=Catalog())
+    has_frame, healthy = board.view is not None, board.frames_flowing() and board.model is not None
+    expected = {
+        "/": (200, "text/html"),
+        "/api/status": (200, "application/json"),
+        "/healthz": (200 if healthy else 503, "application/json"),
+        "/metrics": (200, "text/plain"),
+        "/api/models": (200, "application/json"),
+        "/api/pose": (200 if has_frame else 503, "application/json"),
+        "/frame.jpg": (200, "image/jpeg") if has_frame else (503, "application/json"),
+        "/stream.mjpg": (200, "multipart/x-mixed-replace") if has_frame else (503, "application/json"),
+        "/api/openapi.json": (200, "application/json"),
+    }
+    answers = {}
+    for path in expected:
+        connection = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=10)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        content_type = response.headers["Content-Type"].split(";")[0]
+        body = response.read(65536)  # a stream never ends: its first part is enough
+        answers[path] = (response.status, content_type)
+        if content_type == "application/json" and response.status >= 400:
+            assert json.loads(body)["error"], path
+        connection.close()
+    assert answers == expected
+    _, snapshot = fetch_json(served.url + "/api/status")
+    jsonschema.validate(snapshot, openapi_schema("Status"), cls=jsonschema.Draft202012Validator)
+    families = {f.name: f for f in text_string_to_metric_families(fetch(served.url + "/metrics")[2].decode())}
+    assert families["movement_edge_model_loaded"].samples[0].value == (board.model is not None)
+    latency = families["movement_edge_classification_latency_seconds"].samples
+    assert len(latency) == (3 if snapshot["current"] else 0)  # no quantiles before the first result
+
+
+# --------------------------------------------------------------------------- privacy and redaction
+
+
+def test_in_privacy_mode_no_camera_image_is_served(
+    serve: Callable[..., Served], view: LiveView
+) -> None:
+    board = StatusBoard("kiosk-test", privacy=True)
+    board.set_view(replace(view, image=None, size=(720, 1280)))  # the daemon keeps no image
+    served = serve(board)
+    for path in ("/frame.jpg", "/stream.mjpg"):
+        assert fetch_json(served.url + path) == (404, {"error": PRIVACY_REFUSAL}), path
+    assert fetch_json(served.url + "/api/status")[1]["privacy"] is True
+    status, pose = fetch_json(served.url + "/api/pose")
+    assert status == 200 and len(pose["people"]) == 1  # the skeleton still leaves the device
+    assert fetch(served.url + "/")[0] == 200
+
+
+def test_camera_passwords_are_not_shown(serve: Callable[..., Served], frame: np.ndarray) -> None:
+    """A real HTTP camera (another kiosk's MJPEG stream) named with a password in its user part and
+    in its query: the status page and ``/api/status`` show where it is, never the password."""
+    camera_board = StatusBoard("camera")
+    camera_board.set_view(LiveView(frame, None, None, 1))
+    camera = serve(camera_board)
+    url = f"http://admin:hunter2@127.0.0.1:{camera.server.port}/stream.mjpg?channel=1&password=hunter2"
+    board = StatusBoard("kiosk-test")
+    capture = Capture(UrlSource(kind="url", url=url), CaptureSection(), board)
+    capture.start()
+    try:
+        eventually(lambda: board.snapshot()["counters"]["frames_captured"] > 0, 20, "frames from the camera")
+        served = serve(board)
+        _, snapshot = fetch_json(served.url + "/api/status")
+        page = fetch(served.url + "/")[2].decode()
+    finally:
+        capture.stop()
+    shown = f"http://***@127.0.0.1:{camera.server.port}/stream.mjpg?channel=1&password=***"
+    assert snapshot["camera"]["source"] == shown
+    assert "hunter2" not in json.dumps(snapshot) and "hunter2" not in page
+
+
+# --------------------------------------------------------------------------- HTTPS
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return TlsFiles.make(tmp_path_factory.mktemp("tls"))
+
+
+def test_the_kiosk_over_https(
+    board: StatusBoard, view: LiveView, serve: Callable[..., Served], tls_files: TlsFiles
+) -> None:
+    """A real TLS client that trusts only the kiosk's certificate: the page, the status, a 1 MB
+    upload and the live stream, all on one keep-alive connection where HTTP allows."""
+    catalog = Catalog()
+    served = serve(board, tls=tls_files, access_policy=DEVICE_TOKEN, models=catalog)
+    assert served.url.startswith("https://")
+    connection = http.client.HTTPSConnection("127.0.0.1", served.server.port, context=tls_files.client())
+    connection.request("GET", "/")
+    page = connection.getresponse()
+    assert page.status == 200 and b"kiosk-test" in page.read()
+    connection.request("GET", "/api/status")
+    assert json.loads(connection.getresponse().read())["current"]["label"] == "squat"
+    bundle = json.dumps({"version": "1.3.0", "padding": "x" * 2**20}).encode()
+    headers = {**AUTH, "Content-Type": "application/zip"}
+    connection.request("POST", "/api/models", body=bundle, headers=headers)
+    upload = connection.getresponse()
+    assert (upload.status, json.loads(upload.read())) == (201, {"version": "1.3.0", "installed": True})
+    assert catalog.calls == [("install", bundle, False)]
+    connection.request("GET", "/stream.mjpg")
+    stream = connection.getresponse()
+    assert stream.status == 200
+    first = read_part(stream)
+    board.set_view(replace(view, frame_number=FRAME + 1))
+    second = read_part(stream)
+    for jpeg in (first, second):
+        assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == view.image.shape
+    connection.close()
+
+
+def test_https_refuses_plain_http(
+    board: StatusBoard, serve: Callable[..., Served], tls_files: TlsFiles
+) -> None:
+    """An ``http://`` request to the HTTPS port gets no answer: the connection is closed."""
+    served = serve(board, tls=tls_files)
+    connection = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=10)
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+        connection.request("GET", "/api/status")
+        connection.getresponse()
+    connection.close()
+
+
+def test_a_failing_card_is_on_the_page_in_plain_words(
+    board: StatusBoard, serve: Callable[..., Served], tab: Tab
+) -> None:
+    from device.status import STORAGE_OFF
+
+    board.set_storage({**STORAGE_OFF, "mode": "disk"})
+    served = serve(board)
+    page = tab.page
+    page.goto(served.url + "/")
+    expect(page.locator("#storage-state")).to_have_text("ok")
+    expect(page.locator("#storage-detail")).to_have_text("")
+    failing = {"ok": False, "mode": "memory", "detail": "the file system is read-only"}
+    board.set_storage({**STORAGE_OFF, **failing})
+    expect(page.locator("#storage-state")).to_have_text("failing", timeout=5000)
+    expect(page.locator("#storage-detail")).to_have_text(
+        "the file system is read-only: results are kept in memory and sent from there"
+    )
+    assert tab.console_errors == []
+
+
+def test_a_browser_logs_in_over_https_and_sees_the_page(
+    board: StatusBoard, serve: Callable[..., Served], browser: Browser, tls_files: TlsFiles
+) -> None:
+    """Chromium sent to the login form, logging in with the viewer token, landing on the live page;
+    its cookie is HttpOnly, Secure and SameSite=Strict. (Chromium is told to accept the test's own
+    certificate; the TLS clients above verify it.)"""
+    viewer = "viewer-token-0123456789"
+    policy = replace(
+        DEVICE_TOKEN, viewer_sha256=hashlib.sha256(viewer.encode()).hexdigest(), login_required=True
+    )
+    served = serve(board, tls=tls_files, access_policy=policy)
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(served.url + "/")
+        expect(page).to_have_url(served.url + "/login?next=/")
+        page.fill("#token", "not-the-token")
+        page.click("button[type=submit]")
+        expect(page.locator("#login-error")).to_contain_text("not right")
+        page.fill("#token", viewer)
+        page.click("button[type=submit]")
+        expect(page.locator("#label")).to_have_text("squat")
+        page.wait_for_function(LIVE_IMAGE_LOADED, timeout=5000)
+        (cookie,) = context.cookies()
+        assert cookie["name"] == "__Host-movement-edge"
+        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+        page.click("form.logout button")
+        expect(page).to_have_url(served.url + "/login")
+        assert errors == []
+    finally:
+        context.close()

@@ -13,16 +13,24 @@ machines without any shared state.
 
 ``dask`` and ``distributed`` are an optional extra (``pip install .[dask]``), imported only when a
 Dask cluster is asked for.
+
+A Dask scheduler runs whatever code its clients send on every worker, and the workers write the
+training data: whoever reaches the scheduler owns both. So a scheduler on another machine is
+reached over ``tls://`` with distributed's own mutual TLS (:class:`TlsFiles`: a CA of the
+cluster's, and a client certificate and key it signed — the scheduler refuses clients without
+one); plain ``tcp://`` beyond loopback is refused unless the user says ``insecure``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import multiprocessing
 import os
 import queue
 import re
 import signal
+import ssl
 import sys
 import threading
 import uuid
@@ -30,6 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -278,9 +287,54 @@ class _DaskRunner(_FutureRunner):
 
 
 _ADDRESS = re.compile(
-    r"local(?::(?P<workers>\d+))?|tcp://(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d+)"
+    r"local(?::(?P<workers>\d+))?"
+    r"|(?P<scheme>tcp|tls)://(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d+)"
 )
-ADDRESS_FORMS = "local, local:N or tcp://HOST:PORT"
+ADDRESS_FORMS = "local, local:N, tls://HOST:PORT or tcp://HOST:PORT"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address (127.0.0.0/8, ::1) or the name ``localhost``, as written.
+
+    A name is never resolved: what it resolves to can change, and an attacker may control it.
+    (The provisioning tool decides the same way for kiosks.)
+    """
+    bare = host.strip("[]").lower().rstrip(".")
+    if bare in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """This client's side of a cluster's mutual TLS: PEM files, any of them may come from Dask's
+    own configuration (``distributed.comm.tls.ca-file``, ``…client.cert``, ``…client.key``)."""
+
+    ca: Path | None = None  # the CA that signed the scheduler's and workers' certificates
+    cert: Path | None = None  # this client's certificate, signed by a CA the scheduler trusts
+    key: Path | None = None  # its key (may be appended to ``cert`` instead)
+
+    def security(self, distributed: ModuleType) -> Any:
+        """A ``distributed.Security`` requiring encryption; :class:`ValueError` naming what is missing.
+
+        Without a CA and a certificate distributed would silently make no TLS context at all, and
+        the connection would fail later with an obscure error: say it here instead.
+        """
+        given = {"tls_ca_file": self.ca, "tls_client_cert": self.cert, "tls_client_key": self.key}
+        security = distributed.Security(
+            require_encryption=True, **{name: str(path) for name, path in given.items() if path is not None}
+        )
+        required = {"--dask-ca": security.tls_ca_file, "--dask-cert": security.tls_client_cert}
+        missing = [option for option, value in required.items() if not value]
+        if missing:
+            raise ValueError(
+                f"tls:// needs {' and '.join(missing)} (or distributed.comm.tls.* in Dask's configuration)"
+            )
+        return security
 
 
 @dataclass(frozen=True)
@@ -296,28 +350,43 @@ class DaskCluster:
     scheduler: str | None = None  # None: start a LocalCluster
     workers: int | None = None
     timeout: float = 10.0
+    security: Any = None  # a distributed.Security for a tls:// scheduler
 
     @classmethod
-    def from_address(cls, address: str, timeout: float = 10.0) -> DaskCluster:
-        """``local``, ``local:N`` or ``tcp://HOST:PORT``, checked before anything starts.
+    def from_address(
+        cls, address: str, timeout: float = 10.0, tls: TlsFiles | None = None, insecure: bool = False
+    ) -> DaskCluster:
+        """``local``, ``local:N``, ``tls://HOST:PORT`` or ``tcp://HOST:PORT``, checked before anything starts.
 
-        Raises ValueError naming the accepted forms, and :class:`ClusterError` when the Dask extra
-        is not installed (so a batch never starts writing before finding out).
+        ``tls`` belongs to a ``tls://`` address (which needs a CA and a certificate from it or
+        Dask's configuration); a ``tcp://`` address beyond loopback needs ``insecure``. Raises
+        ValueError saying what is wrong, and :class:`ClusterError` when the Dask extra is not
+        installed (so a batch never starts writing before finding out).
         """
         match = _ADDRESS.fullmatch(address)
         if not match:
             raise ValueError(f"expected {ADDRESS_FORMS}")
-        if match["port"] is not None:
-            if not 1 <= int(match["port"]) <= 65535:
-                raise ValueError(f"port {match['port']} is not between 1 and 65535")
-            cluster = cls(scheduler=address, timeout=timeout)
-        else:
+        if tls is not None and match["scheme"] != "tls":
+            raise ValueError("--dask-ca, --dask-cert and --dask-key are for a tls:// scheduler")
+        if insecure and (match["scheme"] != "tcp" or is_loopback(match["host"])):
+            raise ValueError("--dask-insecure is for a tcp:// scheduler on another machine")
+        if match["port"] is None:
             workers = None if match["workers"] is None else int(match["workers"])
             if workers == 0:
                 raise ValueError("local:N needs at least 1 worker")
-            cluster = cls(workers=workers, timeout=timeout)
-        _import_distributed()
-        return cluster
+            _import_distributed()
+            return cls(workers=workers, timeout=timeout)
+        if not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(f"port {match['port']} is not between 1 and 65535")
+        if match["scheme"] == "tcp" and not is_loopback(match["host"]) and not insecure:
+            raise ValueError(
+                "plain tcp:// to another machine lets anyone who reaches the scheduler run code on "
+                "the workers, and the videos' keypoints cross the network readable; use tls:// with "
+                "--dask-ca, --dask-cert and --dask-key, or give --dask-insecure"
+            )
+        distributed = _import_distributed()
+        security = (tls or TlsFiles()).security(distributed) if match["scheme"] == "tls" else None
+        return cls(scheduler=address, timeout=timeout, security=security)
 
     def open(self, tasks: int) -> TaskRunner:
         distributed = _import_distributed()
@@ -360,8 +429,17 @@ class DaskCluster:
             raise
 
     def _connect(self, distributed: ModuleType) -> Any:
+        from distributed.comm.core import CommClosedError
+
         try:
-            client = distributed.Client(self.scheduler, timeout=self.timeout, set_as_default=False)
+            client = self._client_within_timeout(distributed)
+        except CommClosedError as exc:  # the TLS or Dask handshake ended: not welcome, or not trusted
+            if isinstance(exc.__cause__, ssl.SSLCertVerificationError):  # this side's verdict
+                raise ClusterError("the scheduler's certificate is not signed by --dask-ca") from exc
+            why = (
+                "it does not accept --dask-cert" if self.security else "does it want tls:// and certificates?"
+            )
+            raise ClusterError(f"the scheduler closed the connection ({why})") from exc
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"no Dask scheduler answers there within {self.timeout:g} s") from exc
         try:
@@ -370,3 +448,39 @@ class DaskCluster:
             client.close()
             raise ClusterError(f"the scheduler has no workers (waited {self.timeout:g} s)") from exc
         return client
+
+    def _client_within_timeout(self, distributed: ModuleType) -> Any:
+        """``distributed.Client(scheduler)``, given up on after twice ``timeout`` (a TimeoutError).
+
+        distributed bounds the TCP/TLS connect by ``timeout`` but then waits for the scheduler's
+        handshake without any bound (distributed 2026.8, ``comm.core.connect``): a peer that
+        accepts and never speaks would hang the batch for ever. So the client is made on a
+        thread of its own; one that connects after all, too late, is closed there.
+        """
+        outcome: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        abandoned = threading.Event()
+
+        def connect() -> None:
+            try:
+                client = distributed.Client(
+                    self.scheduler, timeout=self.timeout, security=self.security, set_as_default=False
+                )
+            except BaseException as exc:  # handed to the caller, who raises it
+                outcome.put(exc)
+                return
+            outcome.put(client)
+            if abandoned.is_set():
+                client.close()
+
+        threading.Thread(target=connect, name="dask-connect", daemon=True).start()
+        try:
+            result = outcome.get(timeout=2 * self.timeout)
+        except queue.Empty:
+            abandoned.set()  # from now on the thread closes what it makes; what it made, closed here
+            for late in _drain(outcome):
+                if not isinstance(late, BaseException):
+                    late.close()
+            raise TimeoutError(f"no handshake from {self.scheduler}") from None
+        if isinstance(result, BaseException):
+            raise result
+        return result

@@ -27,7 +27,7 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +74,7 @@ from device.keypoints import (
     read_blazepose_table,
     read_body25_table,
 )
+from trainer.frame_columns import CopyRead, columns_path, copy_note
 
 if TYPE_CHECKING:  # pyarrow is imported where tables are read and written, not for --help
     import pyarrow as pa
@@ -83,6 +84,10 @@ META_FORMAT = 1
 CSV_DECIMALS = 6
 CHUNK_FRAMES = 1 << 16
 """Frames gathered per window_features call: bounds memory on long videos with sliding windows."""
+CSV_BLOCK_ROWS = 1 << 14
+"""Rows formatted as CSV per block (one thread each); bounds memory on large tables."""
+CSV_PARALLEL_ROWS = 1 << 10
+"""Tables from this many rows are formatted on every core; smaller ones in one pass."""
 
 
 class DatasetError(ValueError):
@@ -378,6 +383,7 @@ class VideoResult:
     skipped: int
     report: ValidationReport
     fps: float | None = None  # from the keypoint file's timestamps
+    keypoints: CopyRead | None = None  # how the keypoints were read (the columnar copy or why not)
 
 
 def video_result(job: VideoJob, sequence: KeypointSequence) -> VideoResult:
@@ -396,10 +402,12 @@ def video_result(job: VideoJob, sequence: KeypointSequence) -> VideoResult:
 
 
 def build_video(job: VideoJob) -> VideoResult:
-    """Read one video's keypoints and make its rows (what a worker process runs)."""
-    from trainer.frame_files import read_frames
+    """Read one video's keypoints (from the columnar copy when it is fresh) and make its rows
+    (what a worker process runs)."""
+    from trainer.frame_columns import read_keypoint_file
 
-    return video_result(job, read_frames(job.path))
+    sequence, how = read_keypoint_file(job.path)
+    return dataclasses.replace(video_result(job, sequence), keypoints=how)
 
 
 def _ignore_sigint() -> None:
@@ -407,16 +415,39 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+PARALLEL_JSON_BYTES = 64 << 20
+"""JSON to parse (frame files without a columnar copy) above which the default is one worker
+process per core: spawning one costs about a second, in which pyarrow parses ~30 MB of JSON."""
+
+
+def json_bytes(job: VideoJob) -> int:
+    """Bytes of JSON a job parses: none with a columnar copy (one read costs ~1 ms), else the file's."""
+    path = job.path
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("keypoints-*.json"))
+    return 0 if columns_path(path).is_file() else path.stat().st_size
+
+
+def default_workers(jobs: Sequence[VideoJob]) -> int:
+    """One process per core when there is much JSON to parse; otherwise this process alone.
+
+    With columnar copies a video costs a few milliseconds, far less than starting a process.
+    """
+    if sum(json_bytes(job) for job in jobs) > PARALLEL_JSON_BYTES:
+        return os.cpu_count() or 1
+    return 1
+
+
 def run_jobs(
     jobs: Sequence[VideoJob], workers: int | None = None, progress: bool = False
 ) -> list[VideoResult]:
     """Every job's result in job order; in worker processes when more than one is useful.
 
-    Reading JSON dominates and holds the GIL, hence processes. They are spawned (a clean
-    interpreter, no forked threads), which costs a few tenths of a second, so a single job
-    runs in-process.
+    Parsing JSON holds the GIL, hence processes. They are spawned (a clean interpreter, no
+    forked threads), which costs about a second, so by default (:func:`default_workers`) they
+    are used only when there is enough JSON to parse, and a single job always runs in-process.
     """
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    workers = min(workers or default_workers(jobs), len(jobs))
     quiet = None if progress else True  # None: tqdm shows the bar only on a terminal
     bar = tqdm(total=len(jobs), unit="file", desc="dataset", file=sys.stderr, disable=quiet)
     with bar:
@@ -482,9 +513,30 @@ class OutputFormat:
 
 
 def _write_csv(table: pa.Table, path: Path) -> None:
+    """The table as CSV, its rows formatted in blocks on every core and written in order.
+
+    Turning floats into text is most of a build's time once keypoints are read from columnar
+    copies; pyarrow does it without the GIL, so blocks format in parallel (1.4x on two cores).
+    At most one block per thread is held in memory at a time.
+    """
+    import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    pa_csv.write_csv(table, path, pa_csv.WriteOptions(quoting_style="needed"))
+    rows = table.num_rows
+    threads = (os.cpu_count() or 1) if rows >= CSV_PARALLEL_ROWS else 1  # threads cost more on few rows
+    size = min(CSV_BLOCK_ROWS, max(1, -(-rows // threads)))  # smaller tables: one block per thread
+
+    def block(start: int) -> pa.Buffer:
+        sink = pa.BufferOutputStream()
+        options = pa_csv.WriteOptions(quoting_style="needed", include_header=start == 0)
+        pa_csv.write_csv(table.slice(start, size), sink, options)
+        return sink.getvalue()
+
+    starts = range(0, max(rows, 1), size)
+    with ThreadPoolExecutor(threads, thread_name_prefix="dataset-csv") as pool, path.open("wb") as out:
+        for first in range(0, len(starts), threads):
+            for text in pool.map(block, starts[first : first + threads]):
+                out.write(text)
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -521,7 +573,11 @@ def _arrow_table(rows: Rows, plan: Plan, decimals: int | None) -> pa.Table:
     import pyarrow as pa
 
     values = rows.features if decimals is None else np.round(rows.features, decimals)
-    values = np.asfortranarray(values)  # each column one contiguous block for pyarrow
+    # one conversion for every feature (NaN -> null: an empty cell), then a zero-copy slice per
+    # column: converting the columns one by one costs more than the rest on wide windowed tables
+    by_column = np.asfortranarray(values).T.reshape(-1)
+    features = pa.array(by_column, pa.float64(), from_pandas=True)
+    n = len(rows)
     columns: dict[str, pa.Array] = {
         "video_id": pa.array(rows.video_id, pa.string()),
         "first_frame": pa.array(rows.first_frame, pa.int64()),
@@ -530,16 +586,22 @@ def _arrow_table(rows: Rows, plan: Plan, decimals: int | None) -> pa.Table:
     for j, name in enumerate(plan.label_columns):
         columns[name] = pa.array(np.ascontiguousarray(rows.labels[:, j]), pa.string())
     for j, name in enumerate(plan.feature_names):
-        columns[name] = pa.array(values[:, j], pa.float64(), from_pandas=True)  # NaN -> null: empty cell
+        columns[name] = features.slice(j * n, n)
     return pa.table(columns)
 
 
-def _sync_and_hash(path: Path) -> str:
-    """Flush a written file to disk before it is renamed into place; its ``sha256`` hex digest."""
+def _sha256(path: Path) -> str:
     with path.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        os.fsync(handle.fileno())
-    return digest
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written file to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_dataset(
@@ -556,24 +618,28 @@ def write_dataset(
     temps = [p.with_name(f".{p.name}.{os.getpid()}.partial") for p in (out, meta_out)]
     try:
         writer.write(table, temps[0])
-        meta = {
-            "format": META_FORMAT,
-            "strategy": plan.config.strategy,
-            "feature_spec": plan.spec.to_dict(),
-            "window": plan.window.to_dict() if plan.window else None,
-            "fps": plan.fps,
-            "label_columns": list(plan.label_columns),
-            "feature_columns": list(plan.feature_names),
-            "rows": len(rows),
-            "frames": frames,
-            "fingerprint": f"sha256:{_sync_and_hash(temps[0])}",
-            "sources": list(sources),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        with temps[1].open("w", encoding="utf-8") as handle:
-            handle.write(json.dumps(meta, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        # the table's fsync (milliseconds: as long as the rest) runs while the meta is written
+        with ThreadPoolExecutor(1, thread_name_prefix="dataset-fsync") as syncing:
+            table_synced = syncing.submit(_fsync, temps[0])
+            meta = {
+                "format": META_FORMAT,
+                "strategy": plan.config.strategy,
+                "feature_spec": plan.spec.to_dict(),
+                "window": plan.window.to_dict() if plan.window else None,
+                "fps": plan.fps,
+                "label_columns": list(plan.label_columns),
+                "feature_columns": list(plan.feature_names),
+                "rows": len(rows),
+                "frames": frames,
+                "fingerprint": f"sha256:{_sha256(temps[0])}",
+                "sources": list(sources),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            with temps[1].open("w", encoding="utf-8") as handle:
+                handle.write(json.dumps(meta, indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            table_synced.result()
         os.replace(temps[0], out)
         os.replace(temps[1], meta_out)
     except OSError as exc:
@@ -596,6 +662,7 @@ class DatasetResult:
     summary: dict[str, dict[str | None, int]]  # label column -> label (None = no label) -> rows
     skipped_runs: int
     report: ValidationReport
+    keypoints: tuple[CopyRead, ...] = ()  # how each video's keypoints were read
 
 
 def label_summary(rows: Rows, plan: Plan) -> dict[str, dict[str | None, int]]:
@@ -666,7 +733,8 @@ def build_dataset(
         plan = dataclasses.replace(plan, fps=round(float(np.median(rates)), 6))  # no 30.000000000000004
     sources = [job.video_id for job in jobs]
     meta = write_dataset(out, rows, plan, sources, sum(r.frames for r in results), config.decimals)
-    return DatasetResult(out, meta, label_summary(rows, plan), sum(r.skipped for r in results), report)
+    reads = tuple(r.keypoints for r in results if r.keypoints is not None)
+    return DatasetResult(out, meta, label_summary(rows, plan), sum(r.skipped for r in results), report, reads)
 
 
 TABLE_LABEL = "label"
@@ -889,6 +957,8 @@ def run(args: argparse.Namespace) -> int:
     except (AnnotationError, DatasetError, FeatureSpecError) as exc:
         raise UsageError(str(exc)) from exc
     _print_issues(result.report.warnings)
+    if note := copy_note(result.keypoints, args.keypoints):
+        print(f"trainer dataset: note: {note}", file=sys.stderr)
     _print_summary(result)
     return ExitStatus.OK
 

@@ -3,7 +3,8 @@
 Each video is decoded by :class:`device.sources.VideoFileSource` and run through
 :class:`device.pose.PoseEstimator`, the very code the kiosk runs, so training keypoints match
 serving keypoints. Every decoded frame gets a line, with empty ``joint_positions`` when nobody is
-in view, so frame numbers line up with annotations.
+in view, so frame numbers line up with annotations. The columnar copy of each finished file
+(:mod:`trainer.frame_columns`) is written right after it.
 
 A batch is resumable: a finished frame file is written atomically (``.partial`` then rename) and
 skipped next time; one unreadable video is reported and the rest carry on. Where the videos run
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from device.cli import Command, ExitStatus, UsageError
 from device.keypoints import FRAMES_SUFFIX, frame_record, write_frames_jsonl
-from trainer.cluster import ADDRESS_FORMS, Backend, ClusterError, DaskCluster, LocalPool, Report
+from trainer.cluster import ADDRESS_FORMS, Backend, ClusterError, DaskCluster, LocalPool, Report, TlsFiles
 
 if TYPE_CHECKING:
     from device.pose import PoseOptions
@@ -108,6 +109,7 @@ def extract_video(
 
     from device.pose import PoseEstimator, main_pose
     from device.sources import VideoFileSource
+    from trainer.frame_columns import write_columns
 
     video, out_dir = Path(video), Path(out_dir)
     skipped = _already_done(video, out_dir, options)
@@ -131,6 +133,7 @@ def extract_video(
                     on_frame(frame.frame_number, source.frame_count)
 
         frames = write_frames_jsonl(records(), output)
+    write_columns(output)  # the same keypoints as arrays, which `trainer dataset` reads
     return ExtractResult(
         video, output, Outcome.DONE, frames, with_person, seconds=time.perf_counter() - started
     )
@@ -305,14 +308,28 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dask",
         metavar="ADDRESS",
-        help="run on a Dask cluster instead: local (a worker process per core), local:N, or tcp://HOST:PORT "
-        "of a running scheduler; needs pip install .[dask]",
+        help="run on a Dask cluster instead: local (a worker process per core), local:N, or tls://HOST:PORT "
+        "(tcp:// on this machine) of a running scheduler; needs pip install .[dask]",
+    )
+    for option, what in (
+        ("--dask-ca", "the CA that signed the cluster's certificates"),
+        ("--dask-cert", "this client's certificate, signed by a CA the scheduler trusts"),
+        ("--dask-key", "the key of --dask-cert (unless appended to it)"),
+    ):
+        parser.add_argument(
+            option, type=Path, metavar="PEM", help=f"with --dask tls://…: {what} (default: Dask's config)"
+        )
+    parser.add_argument(
+        "--dask-insecure",
+        action="store_true",
+        help="allow --dask tcp://… to another machine: no encryption, and anyone reaching the scheduler "
+        "runs code on its workers",
     )
     parser.add_argument(
         "--dask-timeout",
         type=float,
         metavar="SECONDS",
-        help="with --dask tcp://…: how long to wait for the scheduler and a worker "
+        help="with --dask tls:// or tcp://: how long to wait for the scheduler and a worker "
         f"(default: {DASK_TIMEOUT:g})",
     )
     parser.add_argument(
@@ -337,17 +354,25 @@ def _backend(args: argparse.Namespace) -> Backend:
     ``--workers`` belongs to the local pool only: with ``--dask`` the size is part of the address
     (``local:N``) or the remote cluster's own business, and one way to say it avoids conflicts.
     """
+    tls_options = {"--dask-ca": args.dask_ca, "--dask-cert": args.dask_cert, "--dask-key": args.dask_key}
     if args.dask is None:
-        if args.dask_timeout is not None:
-            raise UsageError("--dask-timeout: only meaningful with --dask")
+        given = [o for o, v in [("--dask-timeout", args.dask_timeout), *tls_options.items()] if v is not None]
+        if args.dask_insecure:
+            given.append("--dask-insecure")
+        if given:
+            raise UsageError(f"{given[0]}: only meaningful with --dask")
         return LocalPool(args.workers)
     if args.workers is not None:
         raise UsageError(f"--workers sizes the local process pool; with --dask give {ADDRESS_FORMS}")
     timeout = DASK_TIMEOUT if args.dask_timeout is None else args.dask_timeout
     if not timeout > 0:
         raise UsageError(f"--dask-timeout {timeout:g}: expected more than 0 seconds")
+    for option, path in tls_options.items():
+        if path is not None and not path.is_file():
+            raise UsageError(f"{option} {path}: no such file")
+    tls = TlsFiles(args.dask_ca, args.dask_cert, args.dask_key) if any(tls_options.values()) else None
     try:
-        return DaskCluster.from_address(args.dask, timeout)
+        return DaskCluster.from_address(args.dask, timeout, tls, args.dask_insecure)
     except (ValueError, ClusterError) as exc:
         raise UsageError(f"--dask {args.dask}: {exc}") from exc
 
@@ -406,26 +431,35 @@ COMMAND = Command(
     description="""\
 Detect the pose of the person in every frame of each video with MediaPipe (the kiosk's own
 pose code) and write one keypoint file per video: DIR/<stem>.frames.jsonl, one JSON line per
-decoded frame (frames without a person have empty joint_positions).
+decoded frame (frames without a person have empty joint_positions). Beside it goes
+DIR/<stem>.frames.arrow, the same keypoints as arrays, which `trainer dataset` reads instead of
+parsing the JSON (`trainer keypoints-cache` rewrites them when the JSON changes).
 
 Videos run in parallel, one process each. Finished files are skipped, so an interrupted batch
 continues where it stopped; an unreadable video is reported and the others go on (exit status 1).
 The pose model is built offline from mediapipe's own files unless --pose-model names a .task file.
 
 With --dask the videos run on a Dask cluster instead (pip install .[dask]): "local" starts one
-on this machine (a single-threaded worker process per core, "local:N" for N), "tcp://HOST:PORT"
+on this machine (a single-threaded worker process per core, "local:N" for N), "tls://HOST:PORT"
 uses a running scheduler, whose workers must run this same project and see the videos, --out and
 --pose-model at the same absolute paths (a shared filesystem); they write the frame files
 themselves, and build the offline pose model in their own cache unless --pose-model is given.
 Progress is per frame either way. Ctrl-C stops the batch like the local pool does (what was
 running is redone next time), except that videos already running on a remote cluster finish there.
 
+A scheduler runs any code its clients send, on every worker: tls:// is Dask's mutual TLS, where
+the scheduler admits only clients whose certificate its CA signed. Give this client's certificate
+and key and the cluster's CA with --dask-cert, --dask-key and --dask-ca (or in Dask's
+configuration, distributed.comm.tls.*). Plain tcp:// is accepted for a scheduler on this machine
+(127.0.0.1, localhost); to another machine only with --dask-insecure.
+
 Examples:
   python -m trainer extract recordings/ --out keypoints/
   python -m trainer extract walk.mp4 squat.webm --out keypoints/ --workers 2
   python -m trainer extract recordings/ --out keypoints/ --pose-model pose_landmarker_heavy.task --overwrite
   python -m trainer extract /shared/recordings --out /shared/keypoints --dask local:2
-  python -m trainer extract /shared/recordings --out /shared/keypoints --dask tcp://10.0.0.5:8786
+  python -m trainer extract /shared/recordings --out /shared/keypoints --dask tls://10.0.0.5:8786 \\
+      --dask-ca dask/ca.pem --dask-cert dask/client.pem --dask-key dask/client.key
 """,
     add_arguments=_add_arguments,
     run=_run,

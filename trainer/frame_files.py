@@ -50,8 +50,21 @@ def read_frames(path: str | Path) -> KeypointSequence:
         data = path.read_bytes()
     except OSError:
         return read_keypoints(path)
-    if _NOT_AN_OBJECT.search(data):  # one C-speed scan; such lines are errors the reference names
-        return read_keypoints(path)
+    return parse_frames(data, path)
+
+
+def _every_line_an_object(data: bytes) -> bool:
+    """Whether every line starts with ``{``: two C-speed counts, where the regex below takes 15x
+    longer. Lines that are blank or indented take the regex's exact check instead."""
+    body = data.rstrip()
+    return body.startswith(b"{") and body.count(b"\n") == body.count(b"\n{")
+
+
+def parse_frames(data: bytes, path: Path) -> KeypointSequence:
+    """The bytes of frame file ``path`` as a :class:`KeypointSequence` (what :func:`read_frames`
+    returns), for callers that hash and parse one snapshot of a file that may change."""
+    if not _every_line_an_object(data) and _NOT_AN_OBJECT.search(data):
+        return read_keypoints(path)  # such lines are errors the reference names
     try:
         table = pj.read_json(pa.BufferReader(data), parse_options=_OPTIONS)
         sequence = _from_table(table, path)

@@ -3,13 +3,19 @@
 A bundle is a zip of exactly ``manifest.json``, ``manifest.sig`` (the raw 64-byte Ed25519
 signature of the manifest's bytes) and one model file (docs/trainer-contracts.md). The kiosk
 runs what it is sent, so :func:`open_bundle` trusts nothing before it has checked, in order:
-the zip is readable; sizes, both the real ones and those the zip declares (zip bombs); the
-member names (zip slip, symlinks, extras); the signature against the device's trusted keys;
-the manifest's schema; the model file's sha256; that this device is as new as the manifest's
-``min_device_version``. Only then is anything handed to a runtime. The manifest itself is not
+the zip's end record (at most :data:`MAX_MEMBERS` members and a small directory, before zipfile
+parses a single entry: a 100,000-entry zip costs nothing); the zip is readable; sizes, both the
+real ones and those the zip declares (zip bombs); the member names (zip slip, symlinks, extras);
+the signature against the device's trusted keys; that the signing key is not revoked
+(:mod:`device.model.revocation`); the manifest's schema; the model file's sha256; that this
+device is as new as the manifest's ``min_device_version``. Only then is anything handed to a
+runtime. Every check is linear in the number of members (sets, not nested scans). The manifest itself is not
 parsed before its signature verifies, so every trusted key is tried (a handful at most) rather
 than looking one up by the unverified ``key_id``, which must then match the key that verified.
 Every failure is a :class:`BundleError` naming the check, so an operator knows what was wrong.
+
+The signature check and the strict JSON reading are shared with the key revocation list, the
+other signed document a kiosk accepts.
 
 This module is imported by the daemon: it stays free of pandas, skops and the trainer.
 """
@@ -24,7 +30,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +61,12 @@ MAX_BUNDLE_SIZE = 64 * 1024 * 1024
 MAX_MODEL_SIZE = 64 * 1024 * 1024
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # 20 sample rows of a few thousand window columns fit easily
 SIGNATURE_SIZE = 64
+MAX_MEMBERS = 8
+"""A bundle has 3 members; up to this many are listed so the layout check can name an extra one.
+More are refused from the zip's end record, before zipfile builds an object per entry."""
+MAX_DIRECTORY_SIZE = 64 * 1024
+"""The zip's central directory: 3 entries take a few hundred bytes. zipfile walks as many bytes
+as the end record claims, whatever member count it states, so both are bounded."""
 MAX_WINDOW_FRAMES = 3600
 """Two minutes at 30 fps. The device keeps a window in memory and the schema check names its
 columns, so a (signed) manifest asking for millions of frames must be refused, not attempted."""
@@ -155,14 +167,27 @@ def _exact_keys(value: Any, keys: Iterable[str]) -> dict[str, Any]:
     """``value`` as a dict with exactly ``keys``: a missing or unknown key is named."""
     if not isinstance(value, dict):
         raise _Invalid(f"expected an object, got {type(value).__name__}")
-    keys = list(keys)
-    unknown = [k for k in value if k not in keys]
-    if unknown:
-        raise _Invalid(f"unknown key {unknown[0]!r}")
-    missing = [k for k in keys if k not in value]
-    if missing:
-        raise _Invalid(f"missing key {missing[0]!r}")
+    keys = dict.fromkeys(keys)  # ordered, and a set for the lookups
+    unknown = next((k for k in value if k not in keys), None)
+    if unknown is not None:
+        raise _Invalid(f"unknown key {unknown!r}")
+    missing = next((k for k in keys if k not in value), None)
+    if missing is not None:
+        raise _Invalid(f"missing key {missing!r}")
     return value
+
+
+def parse_fields(document: Any, parsers: Mapping[str, Callable[[Any], Any]], step: str) -> dict[str, Any]:
+    """An object with exactly the keys of ``parsers``, each value parsed; a failure names the key.
+
+    The manifest's value checks (``_int``, ``_text``, ``_list``, ``_timestamp`` …) serve the
+    other documents of this package (the key revocation list) through this function.
+    """
+    try:
+        data = _exact_keys(document, parsers)
+        return {key: _nested(key, parse, data[key]) for key, parse in parsers.items()}
+    except _Invalid as exc:
+        raise BundleError(step, str(exc)) from None
 
 
 def _nested(key: str, parse: Callable[[Any], Any], value: Any) -> Any:
@@ -216,9 +241,12 @@ def _list(value: Any, item: Callable[[Any], Any], unique: bool = False) -> tuple
     if not isinstance(value, list):
         raise _Invalid(f"expected a list, got {type(value).__name__}")
     items = tuple(_nested(f"[{i}]", item, v) for i, v in enumerate(value))
-    if unique and len(set(items)) != len(items):
-        duplicate = next(v for i, v in enumerate(items) if v in items[:i])
-        raise _Invalid(f"duplicate entry {duplicate!r}")
+    if unique:
+        seen: set[Any] = set()
+        for v in items:  # one pass: thousands of columns must not cost millions of comparisons
+            if v in seen:
+                raise _Invalid(f"duplicate entry {v!r}")
+            seen.add(v)
     return items
 
 
@@ -416,6 +444,18 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def parse_strict_json(data: bytes, step: str, name: str) -> Any:
+    """JSON of a signed document: a repeated key, NaN or Infinity is refused, as is deep nesting."""
+    try:
+        return json.loads(data, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
+    except _Invalid as exc:
+        raise BundleError(step, str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(step, f"{name} is not valid JSON ({exc})") from None
+    except RecursionError:  # "[[[[…": the parser recurses once per level
+        raise BundleError(step, f"{name} is nested too deeply") from None
+
+
 @dataclass(frozen=True)
 class Manifest:
     """``manifest.json`` of a bundle, validated (docs/trainer-contracts.md)."""
@@ -448,15 +488,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         """Parse and validate manifest bytes; errors are ``BundleError("manifest", ...)``."""
-        try:
-            document = json.loads(data, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
-        except _Invalid as exc:
-            raise BundleError("manifest", str(exc)) from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError("manifest", f"{MANIFEST} is not valid JSON ({exc})") from None
-        except RecursionError:  # "[[[[…": the parser recurses once per level
-            raise BundleError("manifest", f"{MANIFEST} is nested too deeply") from None
-        return cls.from_dict(document)
+        return cls.from_dict(parse_strict_json(data, "manifest", MANIFEST))
 
     @classmethod
     def from_dict(cls, document: Any) -> Manifest:
@@ -541,6 +573,31 @@ def _read_source(source: str | Path | bytes, max_size: int) -> bytes:
     return data
 
 
+def _check_member_count(count: int) -> None:
+    if count > MAX_MEMBERS:
+        raise BundleError("size", f"the zip lists {count} members (a bundle has 3; limit {MAX_MEMBERS})")
+
+
+def _check_directory(data: bytes) -> None:
+    """The member count and directory size from the zip's end record, before zipfile parses entries.
+
+    zipfile makes an object per directory entry and walks as many bytes as the end record claims,
+    so a hostile zip of 100,000 empty entries (a few MB) would cost time and memory before any
+    check ran. The record is read with zipfile's own reader, so it is the one ZipFile then uses
+    (zip64 included); the entries actually parsed are counted again afterwards.
+    """
+    try:
+        end = zipfile._EndRecData(io.BytesIO(data))  # type: ignore[attr-defined]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BundleError("zip", f"not a readable zip file ({exc})") from exc
+    if end is None:
+        raise BundleError("zip", "not a readable zip file (no end of central directory record)")
+    _check_member_count(end[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+    size = end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if size > MAX_DIRECTORY_SIZE:
+        raise BundleError("size", f"the zip's directory is {size} bytes (limit {MAX_DIRECTORY_SIZE})")
+
+
 def _member_limit(name: str, max_model_size: int) -> int:
     return {MANIFEST: MAX_MANIFEST_SIZE, SIGNATURE: SIGNATURE_SIZE}.get(name, max_model_size)
 
@@ -572,16 +629,20 @@ def _unsafe_name(info: zipfile.ZipInfo) -> bool:
 
 
 def _check_layout(infos: list[zipfile.ZipInfo]) -> str:
-    """Exactly manifest, signature and one known model file; returns the model file's name."""
-    names = [info.filename for info in infos]
+    """Exactly manifest, signature and one known model file; returns the model file's name.
+
+    One pass per rule, each lookup in a set: the cost grows with the number of members, not its square.
+    """
     for info in infos:
         if _unsafe_name(info):
             raise BundleError("layout", f"member {info.filename!r} is not allowed")
         if info.compress_type not in _COMPRESSIONS:  # what build_bundle writes; no other decompressor runs
             raise BundleError("layout", f"member {info.filename!r} is not stored or deflated")
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise BundleError("layout", f"member {name!r} appears twice")
+    names: dict[str, None] = {}  # insertion-ordered set
+    for info in infos:
+        if info.filename in names:
+            raise BundleError("layout", f"member {info.filename!r} appears twice")
+        names[info.filename] = None
     for required in (MANIFEST, SIGNATURE):
         if required not in names:
             raise BundleError("layout", f"missing member {required!r}")
@@ -608,19 +669,26 @@ def _read_member(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
     return data
 
 
-def _verify_signature(manifest_bytes: bytes, signature: bytes, trusted_keys: list[Ed25519PublicKey]) -> str:
-    """Try every trusted key; the manifest is not parsed before one of them verifies it."""
+def verify_signature(
+    signed: bytes, signature: bytes, trusted_keys: Iterable[Ed25519PublicKey], name: str = SIGNATURE
+) -> str:
+    """The key id of the trusted key whose signature ``signature`` is over ``signed``.
+
+    Every key is tried (a handful at most): the document is not parsed before one verifies it,
+    so the key id it names cannot be used to pick one. ``name`` says which signature failed.
+    """
+    trusted_keys = list(trusted_keys)
     if not trusted_keys:
-        raise BundleError("signature", "no trusted keys to verify manifest.sig with")
+        raise BundleError("signature", f"no trusted keys to verify {name} with")
     if len(signature) != SIGNATURE_SIZE:
-        raise BundleError("signature", f"{SIGNATURE} is not a {SIGNATURE_SIZE}-byte Ed25519 signature")
+        raise BundleError("signature", f"{name} is not a {SIGNATURE_SIZE}-byte Ed25519 signature")
     for key in trusted_keys:
         try:
-            key.verify(signature, manifest_bytes)
+            key.verify(signature, signed)
         except InvalidSignature:
             continue
         return key_id(key)
-    raise BundleError("signature", f"{SIGNATURE} does not verify with any trusted key")
+    raise BundleError("signature", f"{name} does not verify with any trusted key")
 
 
 def open_bundle(
@@ -628,21 +696,34 @@ def open_bundle(
     trusted_keys: Iterable[Ed25519PublicKey],
     max_size: int = MAX_BUNDLE_SIZE,
     max_model_size: int = MAX_MODEL_SIZE,
+    revoked: Collection[str] = frozenset(),
 ) -> VerifiedBundle:
-    """Check a bundle file (or its bytes) completely; raise :class:`BundleError` at the first failure."""
+    """Check a bundle file (or its bytes) completely; raise :class:`BundleError` at the first failure.
+
+    ``revoked`` holds the key ids a revocation list in force retires: a bundle they signed is
+    refused right after its signature verifies, before its manifest is parsed.
+    """
     data = _read_source(source, max_size)
+    _check_directory(data)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, ValueError) as exc:
         raise BundleError("zip", f"not a readable zip file ({exc})") from exc
     with archive:
         infos = archive.infolist()
+        _check_member_count(len(infos))  # the directory may hold more entries than its end record says
         _check_sizes(infos, max_size, max_model_size)
         model_file = _check_layout(infos)
         manifest_bytes = _read_member(archive, MANIFEST, MAX_MANIFEST_SIZE)
-        signer = _verify_signature(
-            manifest_bytes, _read_member(archive, SIGNATURE, SIGNATURE_SIZE), list(trusted_keys)
+        signer = verify_signature(
+            manifest_bytes, _read_member(archive, SIGNATURE, SIGNATURE_SIZE), trusted_keys
         )
+        if signer in revoked:
+            raise BundleError(
+                "revoked",
+                f"signed by key {signer}, which the key revocation list in force revokes; "
+                "sign the model again with a key that is not revoked",
+            )
         manifest = Manifest.from_json(manifest_bytes)
         if manifest.key_id != signer:
             raise BundleError(
@@ -696,8 +777,13 @@ def build_bundle(manifest: Mapping[str, Any], model_bytes: bytes, private_key: E
     return buffer.getvalue()
 
 
-def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write a file so that readers see the old content or the new, never half of it."""
+def write_atomic(path: str | Path, data: bytes, mode: int = 0o644, durable: bool = False) -> Path:
+    """Write a file so that readers see the old content or the new, never half of it.
+
+    ``durable`` also fsyncs the file before the rename and the folder after it, so that after a
+    power cut the file is whole (old or new) — what a kiosk's state needs; on a workstation the
+    rename alone is enough.
+    """
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -705,9 +791,18 @@ def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
         with os.fdopen(descriptor, "wb") as handle:
             os.fchmod(handle.fileno(), mode)  # whatever the umask or an older file said
             handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     return path
 
 

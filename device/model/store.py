@@ -6,18 +6,22 @@ device models …`` and the daemon's start — goes through :meth:`ModelStore.in
 :class:`ModelRejected` and nothing changes (the previous model stays active and running):
 
 1. ``verify`` — :func:`~device.model.bundle.open_bundle` with the trusted keys and the size limit
-   (layout, zip slip, links, sizes, signature, manifest schema, hash). A stored bundle is read back
-   and verified again every time it is loaded, and must still be the exact file that was installed:
-   the disk is never trusted.
+   (layout, zip slip, links, sizes, signature, manifest schema, hash), refusing a bundle signed by
+   a key the revocation list in force revokes (:mod:`device.model.revocation`). A stored bundle is
+   read back and verified again every time it is loaded, at start too, and must still be the exact
+   file that was installed: the disk is never trusted.
 2. ``compatibility`` — ``min_device_version``; on install, a version older than the active one needs
    ``force`` (an explicit ``activate`` is the way to roll back), a stored version number with a
    different bundle needs ``force`` to be replaced, and the active version again is a no-op
    unless forced.
+   ``rollback`` — whatever ``force`` says, nothing below its model's version floor and nothing
+   older than what ran here that never ran here (:mod:`device.model.rollback`).
 3. ``load`` — the runtime and a :class:`~device.model.loaded.LoadedModel`: the device can compute
    every column the model reads.
 4. ``smoke test`` — the manifest's sample rows must reproduce their expected probabilities.
 5. ``activate`` — the bundle is written under ``<state_dir>/models/<version>.zip`` (temporary file,
-   fsync, rename), the registry marks it active, old versions are pruned.
+   fsync, rename), the registry marks it active, old versions are pruned, and the floor of its
+   model rises to the oldest version still kept.
 
 The store only records the choice; switching the running pipeline is the caller's (the daemon
 swaps its ``Active`` model with the :class:`Activation`'s ``model``).
@@ -47,7 +51,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+from device.model import revocation, rollback
 from device.model.bundle import (
     MAX_BUNDLE_SIZE,
     BundleError,
@@ -56,8 +62,11 @@ from device.model.bundle import (
     load_public_key,
     open_bundle,
     parse_version,
+    write_atomic,
 )
 from device.model.loaded import LoadedModel
+from device.model.revocation import Accepted, RevocationKeeper
+from device.model.rollback import RollbackGuard
 from device.model.runtimes import check_samples, load_runtime
 
 if TYPE_CHECKING:
@@ -150,6 +159,7 @@ class ModelStore:
 
     ``trusted_keys`` are public key files (PEM), read at every verification, so a rotated key
     file takes effect without a restart and an unreadable one is reported as a ``verify`` failure.
+    The key revocation list in force and the version floors are loaded when the store opens.
     """
 
     def __init__(
@@ -166,11 +176,15 @@ class ModelStore:
         self.keep_versions = keep_versions
         self.max_bundle_bytes = max_bundle_bytes
         self._change = threading.Lock()
+        self.read_only: str | None = None
+        """Why models cannot change now (the state folder's file system is read-only), or None."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{self.folder}: cannot create the model folder ({exc.strerror})") from exc
         self._open_or_reset()
+        self.rollback = RollbackGuard(self.folder / rollback.FILE_NAME, self._pairs())
+        self.revocations = RevocationKeeper(self.folder / revocation.FILE_NAME, self.trusted_keys)
 
     @classmethod
     def from_config(cls, config: Config) -> ModelStore:
@@ -222,6 +236,7 @@ class ModelStore:
         bundle = self._verify(data)
         manifest = bundle.manifest
         digest = hashlib.sha256(data).hexdigest()
+        self._check_writable()
         with self._change:
             rows = self._rows()
             previous = rows[0].version if rows else None
@@ -234,6 +249,7 @@ class ModelStore:
                 )
             if stored is not None and stored.version == previous and not force:
                 return Activation(manifest.version, manifest.model_id, previous, None)
+            self._check_rollback(manifest.model_id, manifest.version)
             if previous is not None and compare_versions(manifest.version, previous) < 0 and not force:
                 raise ModelRejected(
                     "compatibility",
@@ -244,6 +260,7 @@ class ModelStore:
             model = load_model(bundle)
             self._store(data, bundle, digest, replaces=stored)
             self._prune()
+            self.rollback.record(manifest.model_id, manifest.version, self._pairs())
         log.info("model installed", extra={"model_id": manifest.model_id, "version": manifest.version})
         return Activation(manifest.version, manifest.model_id, previous, model)
 
@@ -260,18 +277,33 @@ class ModelStore:
             if row is None:
                 stored = ", ".join(r.version for r in rows) or "none"
                 raise ModelRejected("activate", f"version {version!r} is not stored (stored: {stored})")
-            if row.version == previous and not force:
+            reload = row.version == previous  # the active one again: nothing to record
+            if reload and not force:
                 return Activation(row.version, row.model_id, previous, None)
+            if not reload:
+                self._check_writable()
+            self._check_rollback(row.model_id, row.version)
             data = self._read(self.folder / f"{row.version}.zip")
             if hashlib.sha256(data).hexdigest() != row.bundle_sha256:
                 raise ModelRejected("verify", f"{row.version}.zip changed on disk since it was installed")
             model = load_model(self._verify(data))
-            with self._activation() as (connection, stamp):
-                connection.execute(
-                    "UPDATE versions SET activated = ? WHERE version = ?", (stamp, row.version)
-                )
+            if not reload:
+                with self._activation() as (connection, stamp):
+                    connection.execute(
+                        "UPDATE versions SET activated = ? WHERE version = ?", (stamp, row.version)
+                    )
+                self.rollback.record(row.model_id, row.version, self._pairs())
         log.info("model activated", extra={"model_id": row.model_id, "version": row.version})
         return Activation(row.version, row.model_id, previous, model)
+
+    def accept_revocations(self, data: bytes) -> Accepted:
+        """A signed key revocation list (``POST /api/keys/revocations``): checked, then in force.
+
+        Raises :class:`~device.model.revocation.RevocationRejected` (a ``ValueError``) when refused.
+        From now on bundles signed by a revoked key are refused at install and whenever loaded.
+        """
+        with self._change:
+            return self.revocations.accept(data)
 
     # ------------------------------------------------------------------ the steps
 
@@ -279,13 +311,18 @@ class ModelStore:
         return read_bundle_file(path, self.max_bundle_bytes)
 
     def _verify(self, data: bytes) -> VerifiedBundle:
-        return verify_bundle(data, self.trusted_keys, self.max_bundle_bytes)
+        return verify_bundle(data, self.trusted_keys, self.max_bundle_bytes, self.revocations.revoked)
+
+    def _check_rollback(self, model_id: str, version: str) -> None:
+        refusal = self.rollback.refusal(model_id, version)
+        if refusal is not None:
+            raise ModelRejected("rollback", refusal)
 
     def _store(self, data: bytes, bundle: VerifiedBundle, digest: str, replaces: _Row | None) -> None:
         """The ``activate`` step of an install: the file first, then one registry transaction."""
         manifest = bundle.manifest
         try:
-            _write_durably(self.folder / f"{manifest.version}.zip", data)
+            write_atomic(self.folder / f"{manifest.version}.zip", data, durable=True)
         except OSError as exc:
             raise ModelRejected("activate", f"cannot store the bundle ({exc.strerror})") from exc
         with self._activation() as (connection, stamp):
@@ -343,7 +380,18 @@ class ModelStore:
 
     # ------------------------------------------------------------------ the registry
 
+    def _check_writable(self) -> None:
+        if self.read_only is not None:
+            raise ModelRejected(
+                "store", f"{self.read_only}; the running model stays; models change once it is writable"
+            )
+
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only is not None:
+            # SQLite cannot open a WAL database on a read-only file system even for reading
+            # (it wants its -shm file); immutable=1 reads the file as it stands, without locks.
+            uri = f"file:{quote(str(self.registry))}?mode=ro&immutable=1"
+            return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), reads see the last commit.
         connection = sqlite3.connect(self.registry, timeout=10.0, isolation_level=None)
         connection.execute("PRAGMA synchronous = FULL")
@@ -362,6 +410,8 @@ class ModelStore:
 
     def _rows(self) -> list[_Row]:
         """Every row, the active (most recently activated) first."""
+        if self.read_only is not None and not self.registry.exists():
+            return []  # a new kiosk whose card failed before its first model
         try:
             with closing(self._connect()) as connection:
                 rows = connection.execute("SELECT * FROM versions ORDER BY activated DESC").fetchall()
@@ -369,12 +419,22 @@ class ModelStore:
             raise StoreError(f"{self.registry}: cannot read ({exc})") from exc
         return [_Row(*row[:5], tuple(json.loads(row[5])), *row[6:]) for row in rows]
 
+    def _pairs(self) -> list[tuple[str, str]]:
+        """(model id, version) of every stored version, the most recently activated first."""
+        return [(row.model_id, row.version) for row in self._rows()]
+
     def _open_or_reset(self) -> None:
         """Create the schema; a damaged registry is moved aside and a new one started.
 
         The kiosk must come up unattended: losing the registry costs the version history (the
         daemon then installs its configured bundle), not the service.
         """
+        if _read_only_file_system(self.folder):
+            # A failing SD card is remounted read-only: the kiosk still runs its active model
+            # (the daemon says storage failed); changes are refused until the card is writable.
+            self.read_only = f"{self.folder} is on a read-only file system"
+            log.error("model store read-only", extra={"path": str(self.folder)})
+            return
         try:
             self._prepare()
         except _Damaged as exc:
@@ -410,6 +470,10 @@ class _Damaged(Exception):
     """The registry file is not a sound SQLite database."""
 
 
+def _read_only_file_system(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
 def read_bundle_file(path: Path, max_bytes: int = MAX_BUNDLE_SIZE) -> bytes:
     """A bundle file, read at most one byte past the limit (``verify`` then names the size)."""
     try:
@@ -420,12 +484,16 @@ def read_bundle_file(path: Path, max_bytes: int = MAX_BUNDLE_SIZE) -> bytes:
 
 
 def verify_bundle(
-    data: bytes, trusted_keys: Sequence[Path], max_bytes: int = MAX_BUNDLE_SIZE
+    data: bytes,
+    trusted_keys: Sequence[Path],
+    max_bytes: int = MAX_BUNDLE_SIZE,
+    revoked: frozenset[str] = frozenset(),
 ) -> VerifiedBundle:
-    """The ``verify`` and ``compatibility`` steps: signature, schema, hashes, device version."""
+    """The ``verify`` and ``compatibility`` steps: signature (by a key not ``revoked``), schema,
+    hashes, device version."""
     try:
         keys = [load_public_key(path) for path in trusted_keys]
-        return open_bundle(data, keys, max_bytes, max_bytes)
+        return open_bundle(data, keys, max_bytes, max_bytes, revoked)
     except BundleError as exc:  # open_bundle checks min_device_version last, as "compatibility"
         raise _rejected("compatibility" if exc.step == "compatibility" else "verify", exc) from exc
 
@@ -450,13 +518,16 @@ def open_model(path: str | Path, trusted_keys: Sequence[str | Path]) -> LoadedMo
     """A bundle file through every check a kiosk makes before running it, without storing it.
 
     For replay and the Python API: the same steps as :meth:`ModelStore.install` up to the
-    smoke test, so nothing from an untrusted or damaged bundle is ever loaded. Raises
-    :class:`ModelRejected` naming the step.
+    smoke test, so nothing from an untrusted or damaged bundle is ever loaded — nor one signed by a
+    key that a revocation list beside the trusted keys revokes. Raises :class:`ModelRejected`
+    naming the step.
     """
     keys = [Path(key) for key in trusted_keys]
     if not keys:
         raise ModelRejected("verify", "no trusted key given: a bundle runs only if its signature checks out")
-    return load_model(verify_bundle(read_bundle_file(Path(path)), keys))
+    revocations = revocation.newest_beside(keys)
+    revoked = frozenset() if revocations is None else revocations.revoked
+    return load_model(verify_bundle(read_bundle_file(Path(path)), keys, revoked=revoked))
 
 
 def _same_version(a: str, b: str) -> bool:
@@ -472,24 +543,3 @@ def _rejected(step: str, exc: Exception) -> ModelRejected:
     if isinstance(exc, BundleError) and exc.step == step:
         return ModelRejected(step, exc.message)
     return ModelRejected(step, str(exc) or type(exc).__name__)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename, fsync of the folder: after a power cut the file is whole or absent.
-
-    (``bundle.write_atomic`` renames without fsync, enough on a workstation, not on a kiosk.)
-    """
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)

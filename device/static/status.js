@@ -5,6 +5,7 @@
 (() => {
   const REFRESH_MS = 1000;
   const POLL_MS = 500;
+  const POSE_MS = 200;
   const STREAM_RETRY_MS = 30000;
   const DASH = "–";
   const $ = (id) => document.getElementById(id);
@@ -15,6 +16,7 @@
     fps: (x) => (x == null ? DASH : x.toFixed(1)),
     time: (ts) => new Date(ts * 1000).toLocaleTimeString(),
     frames: (w) => `${w.first_frame}–${w.last_frame}`,
+    who: (p) => `#${p.person}${p.station ? ` · ${p.station}` : ""}`,
     duration(seconds) {
       const s = Math.floor(seconds);
       const hms = [Math.floor((s % 86400) / 3600), Math.floor((s % 3600) / 60), s % 60]
@@ -24,27 +26,38 @@
     },
   };
 
-  // Text, and optionally a state (ok / warn / bad / off) that the stylesheet colours.
+  // Text, and optionally a state (ok / warn / bad / off) that the stylesheet colours. The title
+  // repeats the text: a long value (a version, an address) is cut with an ellipsis, not wrapped.
   function put(id, text, state = "") {
     const element = $(id);
     element.textContent = text;
+    element.title = text;
     element.dataset.state = state;
   }
 
-  function rows(id, items, cells, empty) {
+  // A label that may wrap only after "_", "-", "." or "/" (Traffic_<wbr>BackStop), never mid-word.
+  function breakable(text) {
+    return text.split(/(?<=[_\-./])/).flatMap((part, i) => (i ? [document.createElement("wbr"), part] : [part]));
+  }
+
+  // Table rows: a cell is text, or a list of nodes (a breakable label); cells from index
+  // `detailFrom` on are technical details, shown with the details toggle.
+  function rows(id, items, cells, empty, detailFrom = Infinity) {
     const made = items.map((item) => {
       const tr = document.createElement("tr");
-      for (const text of cells(item)) {
+      cells(item).forEach((cell, i) => {
         const td = document.createElement("td");
-        td.textContent = text;
+        if (Array.isArray(cell)) td.append(...cell);
+        else td.textContent = cell;
+        if (i >= detailFrom) td.className = "detail";
         tr.append(td);
-      }
+      });
       return tr;
     });
     if (!made.length) {
       const tr = document.createElement("tr");
       const td = document.createElement("td");
-      td.colSpan = 5;
+      td.colSpan = 6;
       td.className = "muted";
       td.textContent = empty;
       tr.append(td);
@@ -81,32 +94,48 @@
     );
   }
 
+  // With several people classified: one line per person with their current activity and count.
+  function everyone(state) {
+    const people = (state && state.people) || [];
+    const box = $("people");
+    box.hidden = people.length < 2;
+    box.replaceChildren(...people.map((p) => {
+      const li = document.createElement("li");
+      const a = p.current ? p.activities[p.current] : null;
+      li.textContent = `#${p.person} ` + (a ? `${p.current} ${a.kind === "hold" ? `${Math.round(a.hold_s)} s` : a.reps}` : "no activity");
+      return li;
+    }));
+  }
+
   function render(s) {
     const current = s.current;
     // the bundle's display names, where it gives them; payloads keep the model's labels
     const shown = (label) => (s.model && s.model.label_names && s.model.label_names[label]) || label;
-    put("label", current ? shown(current.label) : "no classification yet", current ? "" : "off");
+    put("label", "", current ? "" : "off");
+    $("label").append(...breakable(current ? shown(current.label) : s.model ? "no classification yet" : "no model yet"));
     put("confidence", current ? fmt.pct(current.confidence) : "");
     $("confidence-bar").style.width = current ? `${(current.confidence * 100).toFixed(1)}%` : "0";
     put("person", s.person_present ? "person in view" : "nobody in view", s.person_present ? "ok" : "off");
-    put(
-      "current-detail",
-      current
-        ? `${fmt.time(current.ts)} · frames ${fmt.frames(current.window)} · ${fmt.ms(current.latency_ms)} ms`
-        : "",
-    );
+    put("current-when", current ? `at ${fmt.time(current.ts)}` : "");
+    put("current-detail", current ? ` · frames ${fmt.frames(current.window)} · ${fmt.ms(current.latency_ms)} ms` : "");
     put("uptime", fmt.duration(s.uptime_s));
     counter(s.activity);
+    everyone(s.activity);
 
     const model = s.model;
     put("model-id", model ? model.id : "no model loaded", model ? "" : "bad");
     put("model-version", model ? model.version : DASH);
     put("model-runtime", model ? model.runtime : DASH);
-    put(
-      "model-status",
-      model ? (model.detail ? `${model.status}: ${model.detail}` : model.status) : DASH,
-      model ? (model.status === "ok" ? "ok" : "warn") : "",
-    );
+    // A refused push leaves the previous model running: say both, so amber does not read as broken.
+    const running = model ? `running ${model.version}` : "";
+    const said = {
+      ok: running,
+      rejected: `${running}; refused a new model: ${model && model.detail}`,
+      rolled_back: `${running} again (rolled back): ${model && model.detail}`,
+    };
+    put("model-status", model ? said[model.status] || `${model.status}: ${model.detail}` : DASH,
+      model ? (model.status === "ok" ? "ok" : "warn") : "");
+    $("model-hint").hidden = Boolean(model);
 
     put("camera-state", s.camera.state, s.frames_flowing ? "ok" : "bad");
     put("camera-detail", [s.frames_flowing ? "" : "no frames", s.camera.detail].filter(Boolean).join(" · "));
@@ -124,6 +153,11 @@
     put("mqtt-detail", mqtt.detail || "");
     put("outbox-depth", `${s.outbox.depth} waiting`);
     put("outbox-dropped", String(s.outbox.dropped), s.outbox.dropped ? "warn" : "");
+    // A failing SD card: results go on from memory, which a restart would lose; say so plainly.
+    const storage = s.storage || { ok: true, mode: "off" };
+    put("storage-state", storage.ok ? (storage.mode === "off" ? "not used" : "ok") : "failing",
+      storage.ok ? (storage.mode === "off" ? "off" : "ok") : "bad");
+    put("storage-detail", storage.ok ? "" : `${storage.detail}: results are kept in memory and sent from there`, "bad");
 
     const latency = s.latency_ms || {};
     for (const q of ["p50", "p95", "p99"]) {
@@ -135,8 +169,8 @@
       name, fmt.fps(t.fps), fmt.ms(t.p50_ms), fmt.ms(t.p95_ms), fmt.ms(t.p99_ms),
     ], "no timings yet");
     rows("recent", s.recent, (p) => [
-      fmt.time(p.ts), shown(p.label), fmt.pct(p.confidence), fmt.frames(p.window), fmt.ms(p.latency_ms),
-    ], "no classifications yet");
+      fmt.time(p.ts), breakable(shown(p.label)), fmt.who(p), fmt.pct(p.confidence), fmt.frames(p.window), fmt.ms(p.latency_ms),
+    ], "no classifications yet", 4);
   }
 
   // The live picture. A stream that fails (no frame yet, every stream slot taken, the daemon
@@ -147,12 +181,13 @@
     let polling = false;
     let since = 0;
     let timer = 0;
-    const poll = () => { img.src = `/frame.jpg?t=${Date.now()}`; };
+    // banner=0: the label is shown beside the picture, from the same status as the rest
+    const poll = () => { img.src = `/frame.jpg?banner=0&t=${Date.now()}`; };
     function start() {
       clearTimeout(timer);
       polling = false;
       img.classList.remove("broken");
-      img.src = `/stream.mjpg?t=${Date.now()}`;
+      img.src = `/stream.mjpg?banner=0&t=${Date.now()}`;
     }
     img.addEventListener("load", () => {
       img.classList.remove("broken");
@@ -173,13 +208,91 @@
     return { start };
   })();
 
+  // Privacy mode: no camera image leaves the device, so the page draws everyone's skeleton from
+  // /api/pose on a blank canvas (and the stations' outlines), a few times a second.
+  const skeletons = (() => {
+    const canvas = $("skeletons");
+    const view = $("view");
+    const COLORS = ["#ffa500", "#00c8ff", "#9be15d", "#ff6b9a", "#c9a0ff"];
+    function draw(pose) {
+      const ctx = canvas.getContext("2d");
+      canvas.width = pose.width || 640;
+      canvas.height = pose.height || 480;
+      ctx.fillStyle = "#161616";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      const line = Math.max(2, canvas.width / 240);
+      ctx.lineWidth = line;
+      ctx.font = `${Math.max(12, canvas.width / 40)}px sans-serif`;
+      for (const station of pose.stations) {
+        ctx.strokeStyle = "#50dc78";
+        ctx.beginPath();
+        station.polygon.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+        ctx.closePath();
+        ctx.stroke();
+        ctx.fillStyle = "#50dc78";
+        ctx.fillText(station.name, station.polygon[0][0] + 4, station.polygon[0][1] + 16);
+      }
+      for (const person of pose.people) {
+        const seen = (j) => j[0] != null && j[1] != null && j[2] != null && j[2] >= 0.5;
+        ctx.strokeStyle = COLORS[(person.person - 1) % COLORS.length];
+        ctx.beginPath();
+        for (const [a, b] of pose.bones) {
+          const [p, q] = [person.points[a], person.points[b]];
+          if (seen(p) && seen(q)) {
+            ctx.moveTo(p[0], p[1]);
+            ctx.lineTo(q[0], q[1]);
+          }
+        }
+        ctx.stroke();
+        const visible = person.points.filter(seen);
+        if (visible.length) {
+          const top = Math.min(...visible.map((j) => j[1]));
+          const x = visible.reduce((sum, j) => sum + j[0], 0) / visible.length;
+          ctx.fillStyle = "#ffffff";
+          ctx.textAlign = "center";
+          ctx.fillText(`#${person.person}${person.label ? ` ${person.label}` : ""}`, x, Math.max(16, top - 12));
+          ctx.textAlign = "start";
+        }
+      }
+      view.classList.remove("waiting");
+      document.body.classList.toggle("wide-view", canvas.width > canvas.height);
+    }
+    async function poll() {
+      try {
+        const response = await fetch("/api/pose", { cache: "no-store", signal: AbortSignal.timeout(3 * REFRESH_MS) });
+        if (response.ok) draw(await response.json());
+      } catch {
+        // the status poll shows the connection state; keep trying
+      }
+      setTimeout(poll, POSE_MS);
+    }
+    return {
+      start() {
+        canvas.hidden = false;
+        $("live").hidden = true;
+        poll();
+      },
+    };
+  })();
+
+  // The picture starts with the first frame the daemon has (asking before would only fail).
+  let pictureStarted = false;
+  function picture(s) {
+    if (pictureStarted || !s.counters.frames_processed) return;
+    pictureStarted = true;
+    if (s.privacy) skeletons.start();
+    else live.start();
+  }
+
   let offline = false;
   async function refresh() {
     try {
       const response = await fetch("/api/status", { cache: "no-store", signal: AbortSignal.timeout(3 * REFRESH_MS) });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      render(await response.json());
-      if (offline) live.start(); // the daemon is back: reconnect the picture as well
+      const s = await response.json();
+      render(s);
+      if (offline && pictureStarted && !s.privacy) live.start(); // the daemon is back: reconnect the picture
+      picture(s);
       offline = false;
       put("conn", "live", "ok");
     } catch {
@@ -190,7 +303,18 @@
     setTimeout(refresh, REFRESH_MS);
   }
 
-  render(JSON.parse($("initial-status").textContent));
-  live.start();
+  // The details toggle: plain words for the owner by default, the technician's numbers on demand.
+  const toggle = $("details-toggle");
+  function details(on) {
+    document.body.classList.toggle("details", on);
+    toggle.setAttribute("aria-pressed", String(on));
+    try { localStorage.setItem("details", on ? "1" : ""); } catch { /* private mode: not remembered */ }
+  }
+  toggle.addEventListener("click", () => details(!document.body.classList.contains("details")));
+  try { details(localStorage.getItem("details") === "1"); } catch { details(false); }
+
+  const initial = JSON.parse($("initial-status").textContent);
+  render(initial);
+  picture(initial);
   setTimeout(refresh, REFRESH_MS);
 })();
