@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from device import logs, replay
-from device.cli import Command, ExitStatus, run_cli
+from device import logs, replay_options
+from device.cli import Command, ExitStatus, lazy, run_cli
 
 if TYPE_CHECKING:
     from device.config import Config
@@ -164,13 +164,18 @@ def models(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": Command("run the kiosk daemon", RUN_HELP, lambda p: _config_argument(p, True), run),
+    "run": Command(RUN_HELP, lambda p: _config_argument(p, True), run, help="run the kiosk daemon"),
     "check-config": Command(
-        "validate a configuration file and what it names", CHECK_HELP, _check_arguments, check_config
+        CHECK_HELP, _check_arguments, check_config, help="validate a configuration file and what it names"
     ),
-    "models": Command("install, list or activate model versions", MODELS_HELP, _models_arguments, models),
+    "models": Command(
+        MODELS_HELP, _models_arguments, models, help="install, list or activate model versions"
+    ),
     "replay": Command(
-        "what a kiosk would publish for video files", replay.HELP, replay.add_arguments, replay.run
+        replay_options.HELP,
+        replay_options.add_arguments,
+        lazy("device.replay:run"),
+        help="what a kiosk would publish for video files",
     ),
 }
 
@@ -185,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device.config:ConfigError",
             "device.model.store:ModelRejected",
             "device.model.store:StoreError",
-            *replay.USER_ERRORS,
+            *replay_options.USER_ERRORS,
         ),
     )
 

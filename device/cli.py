@@ -19,8 +19,8 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import NoReturn
 
@@ -45,12 +45,25 @@ Run = Callable[[argparse.Namespace], int]
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: how to declare its options and how to run it."""
+    """One subcommand: how to declare its options and how to run it.
 
-    help: str
+    ``help`` is its line in the list of commands; a command named in a registry
+    (:func:`commands_for`) has its line there instead, so listing needs no command module.
+    """
+
     description: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Run
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A command as a registry names it: its line in the list and ``"module:attribute"`` of its
+    :class:`Command`, imported only when the command line chooses it."""
+
+    help: str
+    target: str
 
 
 def lazy(target: str) -> Run:
@@ -65,6 +78,34 @@ def lazy(target: str) -> Run:
         return int(getattr(importlib.import_module(module), name)(args))
 
     return run
+
+
+def _load(listed: Listed) -> Command:
+    module, _, name = listed.target.partition(":")
+    command: Command = getattr(importlib.import_module(module), name)
+    return replace(command, help=listed.help)
+
+
+def _unloaded(listed: Listed) -> Command:
+    """A command the command line did not choose: named to the parser with its line for the list
+    of commands (its options are never shown), loaded should it run after all."""
+
+    def run(args: argparse.Namespace) -> int:
+        return _load(listed).run(args)
+
+    return Command(description="", add_arguments=lambda parser: None, run=run, help=listed.help)
+
+
+def commands_for(registry: Mapping[str, Listed], argv: Sequence[str]) -> dict[str, Command]:
+    """The parser's commands from ``registry``, importing at most the one ``argv`` chooses.
+
+    A command line that names a command (its first word that is not an option) loads that
+    command's module alone, so ``trainer dataset`` does not import the signing code. The list of
+    every command (``--help``, or no or an unknown command) needs only the registry's lines and
+    imports no command module at all.
+    """
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return {name: _load(listed) if name == word else _unloaded(listed) for name, listed in registry.items()}
 
 
 class _ParserError(Exception):

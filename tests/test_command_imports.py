@@ -1,8 +1,7 @@
-"""A trainer command line that names its command loads that command's module alone.
+"""A command line loads what it runs and nothing else; the list of commands loads no command.
 
 Checked in fresh processes, where nothing the test suite imported can hide what a command line
-imports (as ``tests/test_cli_startup.py`` does for the heavy libraries). The list of all commands
-(``trainer --help``) still loads every command, for their help lines.
+imports (as ``tests/test_cli_startup.py`` does for the heavy libraries).
 """
 
 from __future__ import annotations
@@ -16,16 +15,17 @@ from conftest import REPO
 
 LOADED = """
 import contextlib, io, json, sys
-from trainer.__main__ import main
+from importlib import import_module
+package = sys.argv[1]
 with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-    main([*sys.argv[1:], "--help"])
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("trainer", "cryptography"))))
+    import_module(package + ".__main__").main([*sys.argv[2:], "--help"])
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in (package, "cryptography", "numpy"))))
 """
 
 
-def loaded(*argv: str) -> set[str]:
+def loaded(package: str, *argv: str) -> set[str]:
     done = subprocess.run(
-        [sys.executable, "-c", LOADED, *argv],
+        [sys.executable, "-c", LOADED, package, *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -33,19 +33,30 @@ def loaded(*argv: str) -> set[str]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return set(json.loads(done.stdout))
+    return {name for name in json.loads(done.stdout) if name.split(".")[0] == package or "." not in name}
 
 
 @pytest.mark.parametrize(
-    ("argv", "modules"),
+    ("package", "argv", "modules"),
     [
-        (["dataset"], {"trainer.dataset", "trainer.frame_columns", "trainer.messages"}),
-        (["--traceback", "keypoints-cache"], {"trainer.keypoints_cache"}),
+        ("trainer", ["dataset"], {"trainer.dataset", "trainer.frame_columns", "trainer.messages", "numpy"}),
+        ("trainer", ["--traceback", "keypoints-cache"], {"trainer.keypoints_cache", "numpy"}),
+        ("trainer", ["train"], {"trainer.train_options", "trainer.tracking"}),
+        ("provisioning", ["push"], {"provisioning.fleet_options"}),
+        ("provisioning", ["init-device"], {"provisioning.init_options"}),
     ],
 )
-def test_a_command_line_loads_only_its_commands_module(argv: list[str], modules: set[str]) -> None:
-    assert loaded(*argv) == {"trainer", "trainer.__main__", *modules}  # no signing, cluster or training code
+def test_a_command_line_loads_only_its_commands_module(
+    package: str, argv: list[str], modules: set[str]
+) -> None:
+    # no signing, cluster, training, certificate or HTTP code, no numpy unless the options need it
+    assert loaded(package, *argv) == {package, f"{package}.__main__", *modules}
 
 
-def test_the_list_of_commands_loads_them_all() -> None:
-    assert {"trainer.export", "trainer.extract", "trainer.dataset", "trainer.revoke"} <= loaded()
+@pytest.mark.parametrize("package", ["trainer", "provisioning"])
+def test_the_list_of_commands_loads_no_command(package: str) -> None:
+    assert loaded(package) == {package, f"{package}.__main__"}
+
+
+def test_device_help_does_not_load_replay() -> None:
+    assert "device.replay" not in loaded("device") | loaded("device", "replay")

@@ -24,7 +24,8 @@ from conftest import network_address
 
 from device.certificates import fingerprint, make_self_signed
 from provisioning.__main__ import main as provisioning
-from provisioning.fleet import MAX_ANSWER_BYTES, MAX_CELL
+from provisioning.device_api import MAX_ANSWER_BYTES
+from provisioning.terminal import MAX_CELL
 
 TOKEN = "the-kiosks-bearer-token-0123456789"
 RECEIVE_TIMEOUT_S = 10.0

@@ -24,7 +24,7 @@ from device.__main__ import main as device
 from device.certificates import fingerprint, make_self_signed
 from device.config import load_config
 from provisioning.__main__ import main as provisioning
-from provisioning.fleet import load_fleet, token_for
+from provisioning.inventory import load_fleet, token_for
 from trainer.__main__ import main as trainer
 
 INSTALLER = REPO / "provisioning" / "install.sh"

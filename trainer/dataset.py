@@ -964,7 +964,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    help="keypoint files + annotations -> a labeled dataset table (CSV or Parquet)",
     description=DESCRIPTION,
     add_arguments=add_arguments,
     run=run,

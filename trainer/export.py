@@ -820,19 +820,16 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 KEYGEN = Command(
-    help="create an Ed25519 signing key pair for bundles",
     description=KEYGEN_DESCRIPTION,
     add_arguments=add_keygen_arguments,
     run=run_keygen,
 )
 EXPORT = Command(
-    help="package a run directory as a signed model bundle",
     description=EXPORT_DESCRIPTION,
     add_arguments=add_export_arguments,
     run=run_export,
 )
 VERIFY = Command(
-    help="check a model bundle as a device does",
     description=VERIFY_DESCRIPTION,
     add_arguments=add_verify_arguments,
     run=run_verify,

@@ -427,7 +427,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    help="detect poses in videos and write <stem>.frames.jsonl keypoint files",
     description="""\
 Detect the pose of the person in every frame of each video with MediaPipe (the kiosk's own
 pose code) and write one keypoint file per video: DIR/<stem>.frames.jsonl, one JSON line per

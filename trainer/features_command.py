@@ -92,7 +92,6 @@ def write_csv(path: Path, header: list[str], first: np.ndarray, values: np.ndarr
 
 
 COMMAND = Command(
-    help="per-frame features of a keypoint file, or --list of all features",
     description=DESCRIPTION,
     add_arguments=add_arguments,
     run=run,

@@ -79,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    help="write the .frames.arrow copies of frame files that `dataset` reads ~100x faster",
     description=DESCRIPTION,
     add_arguments=add_arguments,
     run=run,

@@ -89,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    help="sign a list of revoked signing keys for the kiosks",
     description=DESCRIPTION,
     add_arguments=add_arguments,
     run=run,

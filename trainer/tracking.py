@@ -25,11 +25,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from device.cli import UsageError
-from device.model.bundle import VerifiedBundle
+
+if TYPE_CHECKING:  # the bundle code imports numpy; `train --help` and `push` need only the names here
+    from device.model.bundle import VerifiedBundle
 
 EXTRA = "pip install .[mlflow]"
 STORE_FILE = "mlflow.db"  # MLflow's own default tracking URI is sqlite:///mlflow.db

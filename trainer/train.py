@@ -452,4 +452,3 @@ def stage(label: str) -> Iterator[Clock]:
 
 def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8")
-

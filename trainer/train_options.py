@@ -152,7 +152,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 COMMAND = Command(
-    help="train and evaluate a classifier on a dataset file",
     description=DESCRIPTION,
     add_arguments=add_arguments,
     run=lazy("trainer.train:run"),
