@@ -35,13 +35,13 @@ from device.model.bundle import (
     BundleError,
     Manifest,
     build_bundle,
-    compare_versions,
     key_id,
     load_private_key,
     load_public_key,
     open_bundle,
     write_bundle,
 )
+from device.model.fields import compare_versions
 from device.model.runtimes import SklearnRuntime, check_samples, check_skops_types, load_runtime
 
 SPEC = FeatureSpec(normalized=(), presets=("seed",))

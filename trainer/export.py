@@ -47,10 +47,10 @@ from device.model.bundle import (
     load_private_key,
     load_public_key,
     open_bundle,
-    parse_version,
     write_atomic,
     write_bundle,
 )
+from device.model.fields import parse_version
 from device.model.runtimes import (
     SAMPLE_TOLERANCE,
     ModelRuntime,

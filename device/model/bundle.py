@@ -32,7 +32,6 @@ import zipfile
 import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -44,6 +43,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from device import __version__ as DEVICE_VERSION
 from device.activity_specs import Activity, ActivityError, check_against_model, parse_activities
 from device.features import FeatureEngine, FeatureSpec, FeatureSpecError, WindowSpec, window_names
+from device.model.fields import (
+    HEX16,
+    MODEL_ID,
+    SHA256,
+    BundleError,
+    Invalid,
+    bool_field,
+    compare_versions,
+    exact_keys,
+    int_field,
+    list_field,
+    mapping_field,
+    nested,
+    number_field,
+    parse_strict_json,
+    text_field,
+    timestamp_field,
+    version_field,
+)
 from device.smoothing import SMOOTHING_KINDS
 
 SCHEMA_VERSION = 2
@@ -73,39 +91,7 @@ columns, so a (signed) manifest asking for millions of frames must be refused, n
 _S_IFMT, _S_IFLNK = 0o170000, 0o120000  # file-type bits of a zip entry's Unix mode
 _COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 
-_HEX16 = re.compile(r"[0-9a-f]{16}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
-# model ids end up in file names and MQTT payloads on the device: keep them plain
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_VERSION = re.compile(r"\d+(\.\d+)*")
-
-
-class BundleError(ValueError):
-    """A bundle (or key) that fails one check; ``step`` names the check, e.g. ``signature``."""
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"{step}: {message}")
-        self.step = step
-        self.message = message
-
-
-# --------------------------------------------------------------------------- versions
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """``"2026.11.24.220000"`` -> ``(2026, 11, 24, 220000)``; anything but dotted integers is refused."""
-    if not isinstance(text, str) or not _VERSION.fullmatch(text):
-        raise ValueError(f"{text!r} is not a dotted-integer version such as 1.2.0")
-    return tuple(int(part) for part in text.split("."))
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as ``a`` is older than, equal to or newer than ``b``, numerically ("1.10" > "1.9")."""
-    left, right = parse_version(a), parse_version(b)
-    width = max(len(left), len(right))
-    left, right = left + (0,) * (width - len(left)), right + (0,) * (width - len(right))
-    return (left > right) - (left < right)
 
 
 # --------------------------------------------------------------------------- keys
@@ -159,149 +145,33 @@ def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> byte
 # --------------------------------------------------------------------------- manifest schema
 
 
-class _Invalid(ValueError):
-    """One manifest value that fails validation; :meth:`Manifest.from_dict` adds the key."""
-
-
-def _exact_keys(value: Any, keys: Iterable[str]) -> dict[str, Any]:
-    """``value`` as a dict with exactly ``keys``: a missing or unknown key is named."""
-    if not isinstance(value, dict):
-        raise _Invalid(f"expected an object, got {type(value).__name__}")
-    keys = dict.fromkeys(keys)  # ordered, and a set for the lookups
-    unknown = next((k for k in value if k not in keys), None)
-    if unknown is not None:
-        raise _Invalid(f"unknown key {unknown!r}")
-    missing = next((k for k in keys if k not in value), None)
-    if missing is not None:
-        raise _Invalid(f"missing key {missing!r}")
-    return value
-
-
-def parse_fields(document: Any, parsers: Mapping[str, Callable[[Any], Any]], step: str) -> dict[str, Any]:
-    """An object with exactly the keys of ``parsers``, each value parsed; a failure names the key.
-
-    The manifest's value checks (``_int``, ``_text``, ``_list``, ``_timestamp`` …) serve the
-    other documents of this package (the key revocation list) through this function.
-    """
-    try:
-        data = _exact_keys(document, parsers)
-        return {key: _nested(key, parse, data[key]) for key, parse in parsers.items()}
-    except _Invalid as exc:
-        raise BundleError(step, str(exc)) from None
-
-
-def _nested(key: str, parse: Callable[[Any], Any], value: Any) -> Any:
-    """Parse one member of a nested object, prefixing its key to any error."""
-    try:
-        return parse(value)
-    except _Invalid as exc:
-        raise _Invalid(f"{key}: {exc}") from None
-
-
-def _int(value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(f"expected an integer, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise _Invalid(f"must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise _Invalid(f"must be <= {maximum}, got {value}")
-    return value
-
-
-def _number(value: Any) -> float:
-    try:  # an integer past float's range is not finite either (and must not escape as OverflowError)
-        finite = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    except OverflowError:
-        finite = False
-    if not finite:
-        huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1024
-        shown = "an integer beyond any float" if huge else repr(value)
-        raise _Invalid(f"expected a finite number, got {shown}")
-    return float(value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, got {type(value).__name__}")
-    return value
-
-
-def _text(value: Any, pattern: re.Pattern[str] | None = None, choices: Iterable[str] = ()) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Invalid(f"expected a non-empty string, got {type(value).__name__}")
-    choices = tuple(choices)
-    if choices and value not in choices:
-        raise _Invalid(f"{value!r} is not one of {', '.join(choices)}")
-    if pattern is not None and not pattern.fullmatch(value):
-        raise _Invalid(f"{value!r} does not match {pattern.pattern}")
-    return value
-
-
-def _list(value: Any, item: Callable[[Any], Any], unique: bool = False) -> tuple[Any, ...]:
-    if not isinstance(value, list):
-        raise _Invalid(f"expected a list, got {type(value).__name__}")
-    items = tuple(_nested(f"[{i}]", item, v) for i, v in enumerate(value))
-    if unique:
-        seen: set[Any] = set()
-        for v in items:  # one pass: thousands of columns must not cost millions of comparisons
-            if v in seen:
-                raise _Invalid(f"duplicate entry {v!r}")
-            seen.add(v)
-    return items
-
-
-def _mapping(value: Any, item: Callable[[Any], Any]) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"expected an object, got {type(value).__name__}")
-    return MappingProxyType({_text(k): _nested(k, item, v) for k, v in value.items()})
-
-
-def _version(value: Any) -> str:
-    try:
-        parse_version(value)
-    except ValueError as exc:
-        raise _Invalid(str(exc)) from None
-    return value
-
-
-def _timestamp(value: Any) -> str:
-    _text(value)
-    try:
-        aware = datetime.fromisoformat(value).tzinfo is not None
-    except ValueError:
-        aware = False
-    if not aware:
-        raise _Invalid(f"{value!r} is not an ISO 8601 time with a UTC offset")
-    return value
-
-
 def _feature_spec(value: Any) -> FeatureSpec:
-    data = _exact_keys(value, FeatureSpec().to_dict())
+    data = exact_keys(value, FeatureSpec().to_dict())
     try:
         return FeatureSpec.from_dict(data)
     except (ValueError, TypeError, OverflowError) as exc:  # FeatureSpecError, or a value of the wrong kind
-        raise _Invalid(str(exc)) from None
+        raise Invalid(str(exc)) from None
 
 
 def _window(value: Any) -> WindowSpec | None:
     if value is None:
         return None
-    data = _exact_keys(value, ("size", "stride", "flatten", "pool", "fps"))
+    data = exact_keys(value, ("size", "stride", "flatten", "pool", "fps"))
     try:
         return WindowSpec(
-            size=_nested("size", lambda v: _int(v, maximum=MAX_WINDOW_FRAMES), data["size"]),
-            stride=_nested("stride", lambda v: _int(v, maximum=MAX_WINDOW_FRAMES), data["stride"]),
-            flatten=_nested("flatten", _bool, data["flatten"]),
-            pool=_nested("pool", lambda v: _list(v, _text, unique=True), data["pool"]),
-            fps=_nested("fps", _number, data["fps"]),
+            size=nested("size", lambda v: int_field(v, maximum=MAX_WINDOW_FRAMES), data["size"]),
+            stride=nested("stride", lambda v: int_field(v, maximum=MAX_WINDOW_FRAMES), data["stride"]),
+            flatten=nested("flatten", bool_field, data["flatten"]),
+            pool=nested("pool", lambda v: list_field(v, text_field, unique=True), data["pool"]),
+            fps=nested("fps", number_field, data["fps"]),
         )
     except FeatureSpecError as exc:
-        raise _Invalid(str(exc)) from None
+        raise Invalid(str(exc)) from None
 
 
 def _nullable_number(value: Any) -> float:
     """A sample cell: JSON has no NaN, so a missing feature is written as ``null``."""
-    return math.nan if value is None else _number(value)
+    return math.nan if value is None else number_field(value)
 
 
 @dataclass(frozen=True)
@@ -314,14 +184,14 @@ class Preprocessing:
     def parse(cls, value: Any) -> Preprocessing | None:
         if value is None:
             return None
-        data = _exact_keys(value, ("fill",))
-        return cls(fill=_nested("fill", lambda v: _list(v, _number), data["fill"]))
+        data = exact_keys(value, ("fill",))
+        return cls(fill=nested("fill", lambda v: list_field(v, number_field), data["fill"]))
 
 
 def _probability(value: Any) -> float:
-    number = _number(value)
+    number = number_field(value)
     if not 0.0 <= number <= 1.0:
-        raise _Invalid(f"must be within 0..1, got {number}")
+        raise Invalid(f"must be within 0..1, got {number}")
     return number
 
 
@@ -338,17 +208,17 @@ class Smoothing:
 
     @classmethod
     def parse(cls, value: Any) -> Smoothing:
-        data = _exact_keys(value, ("kind", "span_s", "enter", "exit"))
+        data = exact_keys(value, ("kind", "span_s", "enter", "exit"))
         smoothing = cls(
-            kind=_nested("kind", lambda v: _text(v, choices=SMOOTHING_KINDS), data["kind"]),
-            span_s=_nested("span_s", _number, data["span_s"]),
-            enter=_nested("enter", _probability, data["enter"]),
-            exit=_nested("exit", _probability, data["exit"]),
+            kind=nested("kind", lambda v: text_field(v, choices=SMOOTHING_KINDS), data["kind"]),
+            span_s=nested("span_s", number_field, data["span_s"]),
+            enter=nested("enter", _probability, data["enter"]),
+            exit=nested("exit", _probability, data["exit"]),
         )
         if not 0.0 <= smoothing.span_s <= MAX_SMOOTHING_S:
-            raise _Invalid(f"span_s: must be within 0..{MAX_SMOOTHING_S:g} seconds, got {smoothing.span_s}")
+            raise Invalid(f"span_s: must be within 0..{MAX_SMOOTHING_S:g} seconds, got {smoothing.span_s}")
         if smoothing.exit > smoothing.enter:
-            raise _Invalid(f"exit: must not exceed enter ({smoothing.enter}), got {smoothing.exit}")
+            raise Invalid(f"exit: must not exceed enter ({smoothing.enter}), got {smoothing.exit}")
         return smoothing
 
 
@@ -362,11 +232,13 @@ class Decision:
 
     @classmethod
     def parse(cls, value: Any) -> Decision:
-        data = _exact_keys(value, ("threshold", "smoothing", "no_person"))
+        data = exact_keys(value, ("threshold", "smoothing", "no_person"))
         return cls(
-            threshold=_nested("threshold", _probability, data["threshold"]),
-            smoothing=_nested("smoothing", Smoothing.parse, data["smoothing"]),
-            no_person=_nested("no_person", lambda v: _text(v, choices=NO_PERSON_POLICIES), data["no_person"]),
+            threshold=nested("threshold", _probability, data["threshold"]),
+            smoothing=nested("smoothing", Smoothing.parse, data["smoothing"]),
+            no_person=nested(
+                "no_person", lambda v: text_field(v, choices=NO_PERSON_POLICIES), data["no_person"]
+            ),
         )
 
 
@@ -379,11 +251,15 @@ class Samples:
 
     @classmethod
     def parse(cls, value: Any) -> Samples:
-        data = _exact_keys(value, ("rows", "probabilities"))
+        data = exact_keys(value, ("rows", "probabilities"))
         return cls(
-            rows=_nested("rows", lambda v: _list(v, lambda r: _list(r, _nullable_number)), data["rows"]),
-            probabilities=_nested(
-                "probabilities", lambda v: _list(v, lambda r: _list(r, _number)), data["probabilities"]
+            rows=nested(
+                "rows", lambda v: list_field(v, lambda r: list_field(r, _nullable_number)), data["rows"]
+            ),
+            probabilities=nested(
+                "probabilities",
+                lambda v: list_field(v, lambda r: list_field(r, number_field)),
+                data["probabilities"],
             ),
         )
 
@@ -392,12 +268,12 @@ def _activities(value: Any) -> tuple[Activity, ...]:
     try:
         return parse_activities(value)
     except ActivityError as exc:
-        raise _Invalid(str(exc)) from None
+        raise Invalid(str(exc)) from None
 
 
 def _schema_version(value: Any) -> int:
-    if _int(value) != SCHEMA_VERSION:
-        raise _Invalid(
+    if int_field(value) != SCHEMA_VERSION:
+        raise Invalid(
             f"{value} is not supported (this device: {SCHEMA_VERSION}); "
             "export the model again with this version's trainer"
         )
@@ -406,54 +282,28 @@ def _schema_version(value: Any) -> int:
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "schema_version": _schema_version,
-    "model_id": lambda v: _text(v, _MODEL_ID),
-    "version": _version,
-    "created_at": _timestamp,
-    "key_id": lambda v: _text(v, _HEX16),
-    "runtime": lambda v: _text(v, choices=MODEL_FILES),
-    "model_file": lambda v: _text(v, choices=MODEL_FILES.values()),
-    "sha256": lambda v: _text(v, _SHA256),
-    "target": _text,
+    "model_id": lambda v: text_field(v, MODEL_ID),
+    "version": version_field,
+    "created_at": timestamp_field,
+    "key_id": lambda v: text_field(v, HEX16),
+    "runtime": lambda v: text_field(v, choices=MODEL_FILES),
+    "model_file": lambda v: text_field(v, choices=MODEL_FILES.values()),
+    "sha256": lambda v: text_field(v, SHA256),
+    "target": text_field,
     "feature_spec": _feature_spec,
-    "columns": lambda v: _list(v, _text, unique=True),
-    "labels": lambda v: _list(v, _text, unique=True),
+    "columns": lambda v: list_field(v, text_field, unique=True),
+    "labels": lambda v: list_field(v, text_field, unique=True),
     "window": _window,
     "preprocessing": Preprocessing.parse,
     "decision": Decision.parse,
-    "label_names": lambda v: _mapping(v, _text),
+    "label_names": lambda v: mapping_field(v, text_field),
     "activities": _activities,
-    "metrics": lambda v: _mapping(v, _number),
-    "dataset_fingerprint": lambda v: _text(v, _FINGERPRINT),
-    "min_device_version": _version,
-    "library_versions": lambda v: _mapping(v, _text),
+    "metrics": lambda v: mapping_field(v, number_field),
+    "dataset_fingerprint": lambda v: text_field(v, _FINGERPRINT),
+    "min_device_version": version_field,
+    "library_versions": lambda v: mapping_field(v, text_field),
     "samples": Samples.parse,
 }
-
-
-def _reject_constant(name: str) -> None:
-    raise _Invalid(f"{name} is not valid JSON")
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A signed document must not say two things: a repeated key is refused, not last-one-wins."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Invalid(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def parse_strict_json(data: bytes, step: str, name: str) -> Any:
-    """JSON of a signed document: a repeated key, NaN or Infinity is refused, as is deep nesting."""
-    try:
-        return json.loads(data, object_pairs_hook=_unique_pairs, parse_constant=_reject_constant)
-    except _Invalid as exc:
-        raise BundleError(step, str(exc)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(step, f"{name} is not valid JSON ({exc})") from None
-    except RecursionError:  # "[[[[…": the parser recurses once per level
-        raise BundleError(step, f"{name} is nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -496,33 +346,33 @@ class Manifest:
         try:
             if isinstance(document, dict) and "schema_version" in document:
                 # first, so an old bundle is told to be exported again rather than which key it lacks
-                _nested("schema_version", _schema_version, document["schema_version"])
-            data = _exact_keys(document, (f.name for f in fields(cls)))
-            manifest = cls(**{key: _nested(key, parse, data[key]) for key, parse in _PARSERS.items()})
+                nested("schema_version", _schema_version, document["schema_version"])
+            data = exact_keys(document, (f.name for f in fields(cls)))
+            manifest = cls(**{key: nested(key, parse, data[key]) for key, parse in _PARSERS.items()})
             manifest._check_consistency()
-        except _Invalid as exc:
+        except Invalid as exc:
             raise BundleError("manifest", str(exc)) from None
         return manifest
 
     def _check_consistency(self) -> None:
         if self.model_file != MODEL_FILES[self.runtime]:
-            raise _Invalid(f"model_file: runtime {self.runtime} needs {MODEL_FILES[self.runtime]}")
+            raise Invalid(f"model_file: runtime {self.runtime} needs {MODEL_FILES[self.runtime]}")
         if len(self.labels) < 2:
-            raise _Invalid("labels: a classifier needs at least 2 labels")
+            raise Invalid("labels: a classifier needs at least 2 labels")
         if (self.preprocessing is not None) != (self.runtime == "tflite"):
-            raise _Invalid("preprocessing: required for tflite, null for sklearn")
+            raise Invalid("preprocessing: required for tflite, null for sklearn")
         if self.preprocessing is not None and len(self.preprocessing.fill) != len(self.columns):
-            raise _Invalid(
+            raise Invalid(
                 f"preprocessing: fill has {len(self.preprocessing.fill)} values for "
                 f"{len(self.columns)} columns"
             )
         unnamed = [label for label in self.label_names if label not in self.labels]
         if unnamed:
-            raise _Invalid(f"label_names: {unnamed[0]!r} is not one of the labels")
+            raise Invalid(f"label_names: {unnamed[0]!r} is not one of the labels")
         try:
             check_against_model(self.activities, self.labels, FeatureEngine(self.feature_spec).names)
         except ActivityError as exc:
-            raise _Invalid(f"activities: {exc}") from None
+            raise Invalid(f"activities: {exc}") from None
         self._check_columns()
         self._check_samples()
 
@@ -533,16 +383,16 @@ class Manifest:
         unknown = [c for c in self.columns if c not in computable]
         if unknown:
             where = "per frame" if self.window is None else "with this window"
-            raise _Invalid(f"columns: {unknown[0]!r} cannot be computed from feature_spec {where}")
+            raise Invalid(f"columns: {unknown[0]!r} cannot be computed from feature_spec {where}")
 
     def _check_samples(self) -> None:
         rows, probabilities = self.samples.rows, self.samples.probabilities
         if not rows or len(rows) != len(probabilities):
-            raise _Invalid("samples: need one or more rows and one probability vector per row")
+            raise Invalid("samples: need one or more rows and one probability vector per row")
         if any(len(r) != len(self.columns) for r in rows):
-            raise _Invalid(f"samples: every row needs {len(self.columns)} values (one per column)")
+            raise Invalid(f"samples: every row needs {len(self.columns)} values (one per column)")
         if any(len(p) != len(self.labels) for p in probabilities):
-            raise _Invalid(f"samples: every probability vector needs {len(self.labels)} values")
+            raise Invalid(f"samples: every probability vector needs {len(self.labels)} values")
 
 
 # --------------------------------------------------------------------------- reading a bundle

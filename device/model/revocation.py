@@ -51,22 +51,25 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-# the manifest's value checks, shared within this package rather than written twice
 from device.model.bundle import (
-    _HEX16,
     SIGNATURE_SIZE,
-    BundleError,
-    _int,
-    _list,
-    _text,
-    _timestamp,
     key_id,
     load_public_key,
     manifest_bytes_of,
-    parse_fields,
-    parse_strict_json,
     verify_signature,
     write_atomic,
+)
+
+# the manifest's value checks, shared within this package rather than written twice
+from device.model.fields import (
+    HEX16,
+    BundleError,
+    int_field,
+    list_field,
+    parse_fields,
+    parse_strict_json,
+    text_field,
+    timestamp_field,
 )
 
 log = logging.getLogger("device.model.revocation")
@@ -79,11 +82,11 @@ _SIGNATURE_NAME = "the revocation list's signature"
 _SIGNATURE_HEX = re.compile(f"[0-9a-f]{{{2 * SIGNATURE_SIZE}}}")
 _STEP = "revocations"
 _SIGNED_FIELDS = {
-    "kind": lambda v: _text(v, choices=(KIND,)),
-    "serial": lambda v: _int(v, minimum=1),
-    "issued_at": _timestamp,
-    "key_id": lambda v: _text(v, _HEX16),
-    "revoked": lambda v: _list(v, lambda k: _text(k, _HEX16), unique=True),
+    "kind": lambda v: text_field(v, choices=(KIND,)),
+    "serial": lambda v: int_field(v, minimum=1),
+    "issued_at": timestamp_field,
+    "key_id": lambda v: text_field(v, HEX16),
+    "revoked": lambda v: list_field(v, lambda k: text_field(k, HEX16), unique=True),
 }
 
 
@@ -119,7 +122,7 @@ def _envelope(data: bytes) -> tuple[dict[str, Any], bytes, bytes]:
     document = parse_strict_json(data, _STEP, "the list")
     parts = parse_fields(
         document,
-        {"signed": lambda v: v, "signature": lambda v: _text(v, _SIGNATURE_HEX)},
+        {"signed": lambda v: v, "signature": lambda v: text_field(v, _SIGNATURE_HEX)},
         _STEP,
     )
     signed = parts["signed"]

@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device.model.bundle import BundleError, _list, _version, parse_fields, parse_version, write_atomic
+from device.model.bundle import write_atomic
+from device.model.fields import BundleError, list_field, parse_fields, parse_version, version_field
 
 log = logging.getLogger("device.model.rollback")
 
@@ -184,7 +185,9 @@ def _parse(data: bytes) -> dict[str, _Model]:
     models = {}
     for model_id, entry in fields["models"].items():
         model = parse_fields(
-            entry, {"floor": _version, "ran": lambda v: _list(v, _version, unique=True)}, model_id
+            entry,
+            {"floor": version_field, "ran": lambda v: list_field(v, version_field, unique=True)},
+            model_id,
         )
         models[model_id] = _Model(model["floor"], {_key(v): v for v in model["ran"]})
     return models

@@ -58,12 +58,11 @@ from device.model.bundle import (
     MAX_BUNDLE_SIZE,
     BundleError,
     VerifiedBundle,
-    compare_versions,
     load_public_key,
     open_bundle,
-    parse_version,
     write_atomic,
 )
+from device.model.fields import compare_versions, parse_version
 from device.model.loaded import LoadedModel
 from device.model.revocation import Accepted, RevocationKeeper
 from device.model.rollback import RollbackGuard
