@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME] [OPTIONS]`` (``make bench``): one benchmark, or all of them as one table.
 
 NAME is ``table`` (the default: every benchmark, one table) or one of ``features``, ``pose``,
-``dataset``, ``seed``, ``train``, ``device``, ``load``, ``extract``, ``replay``,
+``dataset``, ``seed``, ``train``, ``device``, ``memory``, ``load``, ``extract``, ``replay``,
 ``activities``, ``people``, ``startup``; the options are that benchmark's
 own (``--help``).
 """
@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "seed": "benchmarks.seed_bench",
     "train": "benchmarks.train_bench",
     "device": "benchmarks.device_bench",
+    "memory": "benchmarks.memory_bench",
     "load": "benchmarks.load_bench",
     "extract": "benchmarks.extract_bench",
     "replay": "benchmarks.replay_bench",

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,12 @@ def daemon_config(
     }
 
 
+def write_config(config: dict[str, Any], path: Path) -> Path:
+    """``config`` as the device TOML file ``device run --config`` reads."""
+    path.write_text(toml_document(list(config.items()), "written by the benchmarks"))
+    return path
+
+
 def rss_mb(pid: int | str = "self") -> float:
     """Resident memory of a process (this one by default), from ``/proc/<pid>/status``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -70,18 +78,42 @@ def rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run (the daemon's web face runs in one), from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended while we looked
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return sorted(found)
+
+
 class DaemonProcess:
     """``python -m device run`` in a child process; a context manager that always stops it.
 
     Entering returns once ``/healthz`` answers 200 (a model runs on flowing frames); leaving
     sends SIGTERM (the daemon's clean shutdown) and kills it if it has not exited in time.
+    ``env`` adds to the environment (``MALLOC_ARENA_MAX``, as a unit file's ``Environment=``);
+    ``cpus`` restricts the process and every thread it starts to those cores (as ``taskset -c``
+    or systemd's ``CPUAffinity=``), from before its first instruction.
     """
 
-    def __init__(self, config: dict[str, Any], work: Path, *, ready_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        work: Path,
+        *,
+        ready_timeout_s: float = 120.0,
+        env: Mapping[str, str] | None = None,
+        cpus: set[int] | None = None,
+    ) -> None:
         self.port = free_port()
         self.config = {**config, "http": {**config.get("http", {}), "port": self.port}}
         self.work = work
         self.ready_timeout_s = ready_timeout_s
+        self.env = {**os.environ, **(env or {})}
+        self.cpus = cpus
         self.log_path = work / "daemon.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -95,14 +127,16 @@ class DaemonProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def start(self) -> DaemonProcess:
-        config_path = self.work / "device.toml"
-        config_path.write_text(toml_document(list(self.config.items()), "written by the benchmarks"))
+        config_path = write_config(self.config, self.work / "device.toml")
+        cpus = self.cpus
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "device", "run", "--config", str(config_path)],
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=self.env,
+                preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
             )
         deadline = time.monotonic() + self.ready_timeout_s
         while self._get("/healthz") != 200:
@@ -128,6 +162,10 @@ class DaemonProcess:
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
+
+    def children_rss_mb(self) -> float:
+        """The resident memory of the processes the daemon started (0 when it started none)."""
+        return sum(rss_mb(child) for child in children(self.pid))
 
     def stop(self, timeout_s: float = 30.0) -> None:
         process, self._process = self._process, None

@@ -9,8 +9,12 @@
 3. Resident memory of the daemon (``python -m device run`` in its own process, publishing to a
    real mosquitto) while it loops ``dance.mp4`` in real time for ``--soak-seconds``, sampled
    every 10 s: start (once healthy), end and max.
+4. A kiosk's budget: the daemon restricted to one core at 640×480 — frames/s, per-frame overhead
+   and glass-to-MQTT latency against the bare loop on the same core (:mod:`benchmarks.one_core`),
+   for ``--one-core-seconds`` per run.
 
-Run: ``python -m benchmarks device [--soak-seconds N]`` (default 600; 0 skips the soak).
+Run: ``python -m benchmarks device [--soak-seconds N] [--one-core-seconds N]`` (defaults 600 and
+30; 0 skips that part).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
@@ -40,6 +45,9 @@ from device.sources import VideoFileSource
 from device.status import StatusBoard
 from tests.broker import Mosquitto
 from trainer.recipes import PoseBundle
+
+if TYPE_CHECKING:
+    from benchmarks.one_core import OneCoreNumbers
 
 POSE_GAP_S = 0.018
 """Idle time between frames standing in for pose detection: the publisher's thread sends and
@@ -87,15 +95,30 @@ def overhead(
     return costs
 
 
-def bare_loop_fps(videos: list[Path], options: PoseOptions | None = None) -> tuple[float, int]:
+@dataclass(frozen=True)
+class BareLoop:
+    fps: float
+    frames: int
+    pose_s: list[float]  # MediaPipe's detect alone, per frame: "one pose time"
+
+
+def bare_loop(videos: list[Path], options: PoseOptions | None = None) -> BareLoop:
     """OpenCV read + BGR->RGB + MediaPipe detect, nothing else: the physical limit."""
-    frames, began = 0, time.perf_counter()
+    pose_s, began = [], time.perf_counter()
     for video in videos:
         with VideoFileSource(video) as source, PoseEstimator(options or PoseOptions(), mode="video") as pose:
             for frame in source:
-                pose.detect(cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB), frame.timestamp_ms)
-                frames += 1
-    return frames / (time.perf_counter() - began), frames
+                rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
+                detecting = time.perf_counter()
+                pose.detect(rgb, frame.timestamp_ms)
+                pose_s.append(time.perf_counter() - detecting)
+    return BareLoop(len(pose_s) / (time.perf_counter() - began), len(pose_s), pose_s)
+
+
+def bare_loop_fps(videos: list[Path], options: PoseOptions | None = None) -> tuple[float, int]:
+    """Frames/s and frames of :func:`bare_loop`."""
+    loop = bare_loop(videos, options)
+    return loop.fps, loop.frames
 
 
 def daemon_fps(model: PoseBundle, work: Path, videos: list[Path]) -> tuple[float, int]:
@@ -145,6 +168,7 @@ class DeviceNumbers:
     videos: int
     frames: int  # per end-to-end run
     soak: Soak | None
+    one_core: OneCoreNumbers | None
 
     def rows(self) -> list[Row]:
         frame_ms = 1000 / self.bare_fps
@@ -172,6 +196,8 @@ class DeviceNumbers:
                 "bare OpenCV + MediaPipe loop",
             )
         )
+        if self.one_core is not None:
+            rows += self.one_core.rows()
         if self.soak is not None:
             values = [mb for _, mb in self.soak.samples]
             what = f"{self.soak.seconds:.0f} s soak, {self.soak.frames} frames"
@@ -193,8 +219,12 @@ def measure(
     overhead_frames: int = 1000,
     videos: tuple[Path, ...] = VIDEOS,
     soak_seconds: float = 600.0,
+    one_core_seconds: float = 30.0,
+    one_core_video_frames: int | None = None,
 ) -> DeviceNumbers:
-    """Parts 1-3 of the module's docstring; each overhead case gets a fresh broker and outbox."""
+    """Parts 1-4 of the module's docstring; each overhead case gets a fresh broker and outbox."""
+    from benchmarks import one_core  # it builds on this module's loops
+
     costs = {}
     for synchronous, gap in cases:
         with Mosquitto() as broker:
@@ -205,20 +235,37 @@ def measure(
     bare, frames = bare_loop_fps(list(videos))
     fps, _ = daemon_fps(model, work / "end-to-end", list(videos))
     soaked = soak(model, work / "soak", soak_seconds) if soak_seconds > 0 else None
-    return DeviceNumbers(costs, bare, fps, len(videos), frames, soaked)
+    budget = None
+    if one_core_seconds > 0:
+        budget = one_core.measure(
+            model,
+            work / "one-core",
+            seconds=one_core_seconds,
+            overhead_frames=overhead_frames,
+            video_frames=one_core_video_frames,
+        )
+    return DeviceNumbers(costs, bare, fps, len(videos), frames, soaked, budget)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = command("device", __doc__)
     parser.add_argument("--soak-seconds", type=float, default=600.0, help="0 skips the memory soak")
+    parser.add_argument(
+        "--one-core-seconds", type=float, default=30.0, help="each one-core run's window; 0 skips them"
+    )
     args = parser.parse_args(argv)
-    if args.soak_seconds < 0:
-        parser.error("--soak-seconds must be 0 or more")
+    for flag, value in (("--soak-seconds", args.soak_seconds), ("--one-core-seconds", args.one_core_seconds)):
+        if value < 0:
+            parser.error(f"{flag} must be 0 or more")
     with tempfile.TemporaryDirectory(prefix="device-bench-") as tmp:
         print("training a per-frame pose model for the benchmark ...", flush=True)
         model = train_model(Path(tmp))
-        numbers = measure(model, Path(tmp), soak_seconds=args.soak_seconds)
+        numbers = measure(
+            model, Path(tmp), soak_seconds=args.soak_seconds, one_core_seconds=args.one_core_seconds
+        )
     print(render_text(numbers.rows()))
+    if numbers.one_core is not None:
+        print("\n".join(numbers.one_core.details()))
     if numbers.soak is not None:
         print("RSS samples (s:MB): " + ", ".join(f"{t:.0f}:{mb:.0f}" for t, mb in numbers.soak.samples))
     return 0

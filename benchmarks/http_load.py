@@ -1,4 +1,5 @@
-"""Concurrent HTTP clients hammering one URL: ``wrk`` when installed, else a Python fallback.
+"""Concurrent HTTP clients hammering one URL (``wrk`` when installed, else a Python fallback), and
+live-view viewers reading an MJPEG stream (:func:`watch`).
 
 ``wrk`` (Debian package ``wrk``; ``make bench`` installs it) is a C load generator on epoll: it
 keeps N keep-alive connections busy and costs the machine far less than the server it loads. The
@@ -145,6 +146,65 @@ def hammer(url: str, clients: int, seconds: float, *, check_json: bool = False) 
         statuses=statuses,
         client_requests=[len(t.latencies) for t in threads],
     )
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """What live-view viewers received: JPEG parts of the multipart stream, and connections that failed."""
+
+    viewers: int
+    seconds: float
+    parts: list[int]  # per viewer
+    refused: int  # viewers answered with anything but 200, or not at all
+
+    @property
+    def parts_per_s(self) -> float:
+        """Parts per second per viewer (the stream sends at most 10)."""
+        return sum(self.parts) / self.viewers / self.seconds
+
+
+def _watch_one(url: urllib.parse.SplitResult, deadline: float, parts: list[int], index: int) -> bool:
+    """One viewer reading ``url``'s parts until ``deadline``; False when refused."""
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        connection.request("GET", url.path)
+        response = connection.getresponse()
+        if response.status != 200:
+            return False
+        while time.monotonic() < deadline:
+            line = response.readline()
+            if not line:
+                break
+            if line.startswith(b"Content-Length:"):
+                response.readline()  # the blank line after the part's headers
+                response.read(int(line.split(b":")[1]))
+                parts[index] += 1
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def watch(url: str, viewers: int, seconds: float) -> WatchResult:
+    """``viewers`` threads each reading the MJPEG stream at ``url`` for ``seconds``.
+
+    Threads are enough here: a viewer receives at most 10 parts a second, unlike a status client.
+    """
+    parts = [0] * viewers
+    outcomes: list[bool] = []
+    began = time.monotonic()
+    split = urllib.parse.urlsplit(url)
+
+    def run(index: int) -> None:
+        outcomes.append(_watch_one(split, began + seconds, parts, index))
+
+    threads = [threading.Thread(target=run, args=(i,), name="viewer", daemon=True) for i in range(viewers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return WatchResult(viewers, time.monotonic() - began, parts, outcomes.count(False))
 
 
 def load(url: str, clients: int, seconds: float, tool: str = "auto") -> LoadResult:

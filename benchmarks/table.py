@@ -3,16 +3,17 @@
 Runs, in one process and one go: feature throughput and per-window cost (``features``), dataset
 building (``dataset``), the seed's own code beside ours on the same keypoints (``seed``, when
 ``make bench-seed`` installed it; else its published figures), every model but the slow
-gradient boosting (``train``), the daemon's per-frame overhead, end-to-end frames/s and memory
-over a soak (``device``), the status API under concurrent clients while the pipeline runs
-(``load``), replay's throughput and the cost of resampling a window (``replay``), the activity
-stage's cost per frame (``activities``), frames/s with 1, 2 and 3 people in view (``people``),
-and how long every command takes to answer ``--help`` against the bare interpreter
-(``startup``). Each row comes from the same ``measure()`` its benchmark's own command uses
-(``python -m benchmarks NAME --help`` for one benchmark in detail). The default sizes keep the
-whole run around ten minutes on two cores (the seed's own code adds about three);
-``--soak-seconds`` lengthens the memory soak, ``--quick`` shrinks everything to check that the
-table runs (its numbers mean nothing).
+gradient boosting (``train``), the daemon's per-frame overhead, end-to-end frames/s, its budget
+on one core and memory over a soak (``device``), where that memory goes (``memory``), the
+status API under concurrent clients while the pipeline runs (``load``), replay's throughput and
+the cost of resampling a window (``replay``), the activity stage's cost per frame
+(``activities``), frames/s with 1, 2 and 3 people in view (``people``), and how long every
+command takes to answer ``--help`` against the bare interpreter (``startup``). Each row comes
+from the same ``measure()`` its benchmark's own command uses (``python -m benchmarks NAME
+--help`` for one benchmark in detail). The default sizes keep the whole run around fifteen
+minutes on two cores (the seed's own code adds about three); ``--soak-seconds`` lengthens the
+memory soak, ``--quick`` shrinks everything to check that the table runs (its numbers mean
+nothing).
 
 Every ratio is result / baseline: above 1 is faster for a rate, below 1 is cheaper for a cost.
 """
@@ -58,6 +59,9 @@ class Sizes:
     overhead_frames: int | None = None
     videos: tuple[Path, ...] | None = None
     soak_seconds: float = 120.0
+    one_core_seconds: float | None = None
+    one_core_video_frames: int | None = None
+    memory_seconds: float | None = None
     clients: int | None = None
     load_seconds: float | None = None
     quiet_seconds: float | None = None
@@ -83,6 +87,9 @@ QUICK = Sizes(
     overhead_frames=60,
     videos=VIDEOS[:1],
     soak_seconds=2.0,
+    one_core_seconds=2.0,
+    one_core_video_frames=60,
+    memory_seconds=2.0,
     clients=4,
     load_seconds=1.0,
     quiet_seconds=1.0,
@@ -124,6 +131,7 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         device_bench,
         feature_bench,
         load_bench,
+        memory_bench,
         people_bench,
         replay_bench,
         seed_bench,
@@ -160,7 +168,10 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         overhead_frames=s.overhead_frames,
         videos=s.videos,
         soak_seconds=s.soak_seconds,
+        one_core_seconds=s.one_core_seconds,
+        one_core_video_frames=s.one_core_video_frames,
     )
+    memory = given(seconds=s.memory_seconds, video_frames=s.one_core_video_frames)
     load = given(
         clients=s.clients,
         seconds=s.load_seconds,
@@ -172,6 +183,7 @@ def run(sizes: Sizes, progress: Callable[[str], None]) -> list[Row]:
         progress("training the device's pose model ...")
         model = train_model(work)
         step("device", lambda: device_bench.measure(model, work / "device", **device).rows())
+        step("memory", lambda: memory_bench.measure(model, work / "memory", **memory).rows())
         step("load", lambda: load_bench.measure(model, work / "load", **load).rows())
         replay = given(videos=s.videos, windows=s.windows)
         step("replay", lambda: replay_bench.measure(model, **replay).rows())

@@ -22,7 +22,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from device.keypoints import VISIBILITY, X, Y
 
@@ -117,5 +116,8 @@ class PersonTracker:
             median = np.nanmedian(gaps, axis=-1)
         cost = np.where(np.isfinite(median), median, np.inf) / sizes[:, None]
         finite = np.where(np.isfinite(cost), cost, 1e9)
+        # imported here: scipy.optimize costs a kiosk that follows one person 32 MB it never uses
+        from scipy.optimize import linear_sum_assignment
+
         rows, columns = linear_sum_assignment(finite)
         return [(int(r), int(c)) for r, c in zip(rows, columns, strict=True) if cost[r, c] <= self.max_cost]

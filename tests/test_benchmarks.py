@@ -19,7 +19,16 @@ from benchmarks.seed_bench import SEED_PYTHON
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHES = [
-    "features", "dataset", "seed", "train", "device", "memory", "load", "replay", "activities", "people",
+    "features",
+    "dataset",
+    "seed",
+    "train",
+    "device",
+    "memory",
+    "load",
+    "replay",
+    "activities",
+    "people",
     "startup",
 ]
 
@@ -51,6 +60,22 @@ def test_quick_table_has_every_benchmark_with_its_baseline_and_ratio(tmp_path: P
     assert any("make bench-seed" in note for note in table["notes"]) == bool(published)
     errors = next(r for r in rows if r["bench"] == "load" and "failed requests" in r["measure"])
     assert errors["value"] == 0, done.stdout
+    # the kiosk's budget on one core: each number beside its baseline on the same core
+    kiosk = "one core, 640×480: "
+    one_core = {r["measure"].removeprefix(kiosk): r for r in rows if r["measure"].startswith(kiosk)}
+    assert [m.split(" (")[0] for m in one_core] == [
+        "daemon, every frame",
+        "per-frame overhead without pose, p50",
+        "per-frame overhead without pose, p99",
+        "glass-to-MQTT latency p50",
+        "glass-to-MQTT latency p99",
+    ]
+    assert all(r["bench"] == "device" and r["baseline"] is not None for r in one_core.values())
+    # where the memory goes: every step of the breakdown beside the running daemon's RSS
+    memory = [r for r in rows if r["bench"] == "memory"]
+    steps = [r for r in memory if r["measure"].startswith("+ ")]
+    assert len(steps) == 8 and all(r["baseline_name"].startswith("the daemon's RSS") for r in steps)
+    assert any(r["measure"] == "the same with MALLOC_ARENA_MAX=2" for r in memory)
     # --quick times each package's --help once, against the bare interpreter
     startup = [r["measure"] for r in rows if r["bench"] == "startup"]
     packages = ("device", "trainer", "provisioning")
@@ -66,6 +91,8 @@ def test_quick_table_has_every_benchmark_with_its_baseline_and_ratio(tmp_path: P
         (["table", "--out", "{tmp}/table.txt"], "--out {tmp}/table.txt: the name must end in .json or .md"),
         (["table", "--out", "{tmp}/missing/table.md"], "folder {tmp}/missing does not exist"),
         (["table", "--soak-seconds", "-1"], "--soak-seconds must be 0 or more"),
+        (["device", "--one-core-seconds", "-1"], "--one-core-seconds must be 0 or more"),
+        (["memory", "--seconds", "0"], "--seconds must be more than 0"),
         (["load", "--clients", "0"], "--clients must be 1 or more"),
         (["startup", "--repeat", "0"], "--repeat must be 1 or more"),
         (["seed", "--windows", "0"], "--windows must be at least 1"),
