@@ -189,6 +189,41 @@ class MqttSection(_Section):
         return self
 
 
+class FleetSection(_Section):
+    """Models pulled over MQTT (:mod:`device.fleet_pull`): the groups this kiosk follows, fetch
+    limits, and the trial a pulled model must pass before it is kept."""
+
+    groups: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = Field(
+        default_factory=list,
+        description="fleet groups whose desired model this kiosk follows (none: it only takes pushes)",
+    )
+    max_fetch_mb: float = Field(64.0, gt=0, le=1024, description="largest bundle fetched from a URL")
+    fetch_timeout_s: float = Field(60.0, gt=0, le=3600, description="per fetch: connect and each read")
+    ca_file: Path | None = Field(None, description="CA certificates for https:// URLs; default: the system's")
+    retry_s: float = Field(60.0, gt=0, le=86400, description="wait before fetching again after a failure")
+    trial_frames: int = Field(
+        150, ge=0, le=10_000_000, description="frames a pulled model must process before it is kept"
+    )
+    trial_stall_s: float = Field(
+        30.0, gt=0, le=3600, description="frames stopping this long during a trial fail it"
+    )
+    trial_known_ratio: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="the trial fails when the share of results with a label (not unknown) falls "
+        "below this fraction of the previous model's; 0 turns the check off",
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_groups(cls, groups: list[str]) -> list[str]:
+        repeated = next((g for i, g in enumerate(groups) if g in groups[:i]), None)
+        if repeated is not None:
+            raise ValueError(f"group {repeated!r} is listed twice")
+        return groups
+
+
 class OutboxSection(_Section):
     path: Path | None = Field(None, description="SQLite file; default <state_dir>/outbox.sqlite")
     max_rows: int = Field(
@@ -306,6 +341,7 @@ class Config(_Section):
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
     http: HttpSection = HttpSection()
+    fleet: FleetSection = FleetSection()
     stations: list[StationSection] = Field(
         default_factory=list, description="named zones: with any, only people inside one are classified"
     )
@@ -318,6 +354,12 @@ class Config(_Section):
         if repeated is not None:
             raise ValueError(f"station name {repeated!r} is used twice")
         return stations
+
+    @model_validator(mode="after")
+    def _fleet_needs_mqtt(self) -> Config:
+        if self.fleet.groups and not self.mqtt.enabled:
+            raise ValueError("fleet.groups needs mqtt.enabled: desired models arrive over MQTT")
+        return self
 
     @property
     def outbox_path(self) -> Path:
@@ -349,6 +391,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}.kind: required (file, camera, url, gstreamer or picamera2)"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
+    if not key:  # a rule across sections: its message names the keys
+        return message
     if isinstance(value, dict) or _SECRET_KEYS & set(map(str, loc)):
         return f"{key}: {message}"  # a whole table may hold a secret; a secret is never echoed
     return f"{key}: {message} (got {value!r})"

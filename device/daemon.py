@@ -4,7 +4,8 @@ Data flows one way through named threads: the capture thread fills a one-frame s
 pipeline thread runs the :class:`~device.classifier.Classifier` (pose, window, features, model,
 smoothing: the same object replay and the Python API use), writes every classification to
 the SQLite outbox *before* handing it to the publisher, and updates the status board; the
-publisher's own thread drains the outbox to the broker; waitress serves the page from the board.
+publisher's own thread drains the outbox to the broker; the web face, in a process of its own
+(:mod:`device.web_process`), serves the page from a copy of the board.
 
 Lifecycle is explicit (:meth:`Daemon.start`, :meth:`Daemon.run`, :meth:`Daemon.stop`): a flat list
 of start steps and an ordered stop that joins every thread, publishes ``stopped``, flushes and
@@ -22,31 +23,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from device import __version__
-from device.access import AccessPolicy
 from device.activities import ActivityEvent
 from device.capture import Capture, open_source
 from device.classifier import Classifier, Step
 from device.config import Config
-from device.decisions import DecisionSettings, Output
-from device.http_server import WebServer, tls_context
+from device.decisions import UNKNOWN, DecisionSettings, Output
+from device.fleet_pull import FleetPuller, Health
+from device.http_server import tls_context
 from device.model.bundle import Smoothing
 from device.model.loaded import LoadedModel
 from device.model.store import Activation, ModelRejected, ModelStore
 from device.pose import PoseModelError, PoseOptions, check_task_file, offline_task_path
 from device.prediction import Prediction
-from device.publisher import MqttPublisher
+from device.publisher import MqttPublisher, model_state_payload
 from device.sources import Frame
 from device.spool import MEMORY_ROWS, RETRY_S, Spool, Stamp
 from device.stations import Station
 from device.status import LiveView, PersonView, StatusBoard, counter_text
 from device.systemd import Notifier
-from device.web import create_app
+from device.web_process import WebProcess
 
 log = logging.getLogger("device.daemon")
 
@@ -72,8 +73,9 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.outbox: Spool | None = None  # the durable outbox, and memory while storage fails
         self.publisher: MqttPublisher | None = None
-        self.web: WebServer | None = None
+        self.web: WebProcess | None = None  # the page, in a process of its own
         self.store: ModelStore | None = None
+        self.fleet: FleetPuller | None = None  # models pulled over MQTT, with [fleet] groups
         # one pose graph restarted per clip: building one per clip would stall every thread
         self.classifier = Classifier(
             None,
@@ -103,7 +105,7 @@ class Daemon:
         freshly provisioned kiosk waits for one, and ``Type=notify`` must not restart it for that.
         """
         config = self.config
-        tls = tls_context(config.http)  # a bad certificate stops the start before anything runs
+        tls_context(config.http)  # a bad certificate stops the start before anything runs
         if config.mqtt.enabled:
             cap_mb = config.outbox.max_mb
             self.outbox = Spool(
@@ -121,17 +123,11 @@ class Daemon:
             self.publisher.start()
         self.store = ModelStore.from_config(config)
         self._load_model()
+        self._start_fleet()
         self.capture.start()
         self._pipeline.start()
         if config.http.enabled:
-            app = create_app(
-                self.status,
-                access_policy=AccessPolicy.from_config(config.http),
-                max_upload_mb=config.http.max_upload_mb,
-                models=self,
-                device_name=config.device.name,
-            )
-            self.web = WebServer(app, str(config.http.bind), config.http.port, tls=tls)
+            self.web = WebProcess(config, self.status, self)
             self.web.start()
         log.info(
             "daemon started",
@@ -146,10 +142,11 @@ class Daemon:
     def run(self) -> None:
         """Block until :meth:`request_stop`; meanwhile keep systemd and the status board current.
 
-        The watchdog is fed while frames get through pose, so a hung camera or pipeline gets the
-        service restarted. A storage failure does not stop the feeding: the process still
-        classifies and publishes (from memory), and a restart cannot repair a read-only or full
-        card; it would only lose what memory holds. ``/healthz`` fails instead, naming storage.
+        The watchdog is fed while frames get through pose and the web process runs, so a hung camera
+        or pipeline, or a page whose process ended, gets the service restarted. A storage failure
+        does not stop the feeding: the process still classifies and publishes (from memory), and a
+        restart cannot repair a read-only or full card; it would only lose what memory holds.
+        ``/healthz`` fails instead, naming storage.
         """
         watchdog = self.notifier.watchdog_interval_s() or _HOUSEKEEPING_S
         while not self._stop.wait(min(watchdog, _HOUSEKEEPING_S)):
@@ -166,6 +163,8 @@ class Daemon:
         self.capture.stop()
         if self._pipeline.is_alive():
             self._pipeline.join(10)
+        if self.fleet is not None:
+            self.fleet.stop()
         if self.web is not None:
             self.web.stop()
         if self.publisher is not None:
@@ -180,7 +179,8 @@ class Daemon:
             self.outbox.maintain()  # reopens a failed outbox when its retry is due
             self.status.set_outbox(self.outbox.depth, self.outbox.dropped)
             self.status.set_storage(self.outbox.state())
-        if flowing:  # systemd restarts us if frames stop for longer than WatchdogSec
+        # systemd restarts us if frames stop for longer than WatchdogSec, or the page's process ended
+        if flowing and (self.web is None or self.web.running):
             self.notifier.notify("WATCHDOG=1")
         self.notifier.notify(self._status_line())
 
@@ -296,15 +296,46 @@ class Daemon:
         if self.publisher is None:
             return
         info = model.info if (model := self.classifier.model) else None
-        self.publisher.set_model_state(
-            {
-                "id": info.model_id if info else None,
-                "version": info.version if info else None,
-                "sha256": info.sha256 if info else None,
-                "status": state,
-                "detail": detail,
-            }
+        self.publisher.set_model_state(model_state_payload(info, state, detail, self.status.fleet))
+
+    # ------------------------------------------------------------------ models pulled over MQTT
+
+    def _start_fleet(self) -> None:
+        """Follow the desired model of ``[fleet] groups`` (:mod:`device.fleet_pull`), after the
+        active model is loaded: a trial a restart cut short is judged against it."""
+        groups = self.config.fleet.groups
+        if not groups or self.publisher is None or self.store is None:
+            return
+        self.fleet = FleetPuller(
+            self.config.device.id,
+            self.config.mqtt.prefix,
+            self.config.fleet,
+            self.store,
+            self,
+            self._health,
+            self._fleet_changed,
+            state_dir=self.config.device.state_dir,
         )
+        self.publisher.subscribe(self.fleet.topics, self.fleet.offer)
+        self.fleet.start()
+
+    def _health(self) -> Health:
+        """What a pulled model's trial watches: frames through pose, results, unknowns, the pipeline."""
+        counters = self.status.snapshot()["counters"]
+        stopped = not self._pipeline.is_alive() and not self._stop.is_set()
+        return Health(
+            frames=counters["frames_processed"],
+            classifications=counters["classifications"],
+            unknown=self.status.label_counts().get(UNKNOWN, 0),
+            flowing=self.status.frames_flowing(self.config.fleet.trial_stall_s),
+            failure="the pipeline stopped" if stopped else None,
+        )
+
+    def _fleet_changed(self, state: Mapping[str, Any]) -> None:
+        """The pull moved on: ``/api/status`` and the retained ``model/state`` say where it stands."""
+        self.status.set_fleet(state)
+        model = self.status.model
+        self._publish_model_state(model.status if model else "ok", model.detail if model else "")
 
     # ------------------------------------------------------------------ the pipeline
 

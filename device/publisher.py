@@ -6,6 +6,11 @@ every connect, ``offline`` as the last will, ``stopped`` on a clean stop), ``cla
 ``events`` (QoS 1 from the outbox), ``state``, ``model/state`` and ``activity`` (retained),
 ``stats`` (QoS 0, periodic), plus one retained Home Assistant device-discovery message.
 
+It also receives: :meth:`MqttPublisher.subscribe` names topics (QoS 1) subscribed on every
+connect — the clean session forgets them — so a retained message on them (a fleet group's desired
+model, :mod:`device.fleet_pull`) arrives again after each reconnect; its consumer must be idempotent.
+Messages reach the consumer's handler on paho's network thread, which only hands them over.
+
 Two threads, and why:
 
 - **paho's network thread** runs the callbacks. They only record facts (connected or refused, which
@@ -43,7 +48,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +61,7 @@ from device import __version__
 from device.config import MqttSection, TlsSection
 from device.outbox import Outbox
 from device.spool import Spool
-from device.status import StatusBoard
+from device.status import ModelInfo, StatusBoard
 
 log = logging.getLogger("device.publisher")
 
@@ -192,6 +197,21 @@ def discovery_payload(topics: Topics, device_id: str, name: str = "") -> dict[st
                 "value_template": "{{ value_json.last_range }}",
             },
         },
+    }
+
+
+def model_state_payload(
+    info: ModelInfo | None, status: str, detail: str, fleet: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The retained ``model/state``: the active model (or nulls), the outcome of the last change,
+    and, on a kiosk that pulls its models, where the pull stands (``fleet``)."""
+    return {
+        "id": info.model_id if info else None,
+        "version": info.version if info else None,
+        "sha256": info.sha256 if info else None,
+        "status": status,
+        "detail": detail,
+        **({"fleet": dict(fleet)} if fleet is not None else {}),
     }
 
 
@@ -359,6 +379,8 @@ class MqttPublisher:
         self._worker = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._lifecycle = threading.Lock()
         self._started = self._stopped = False
+        self._handlers: dict[str, Callable[[str, bytes], None]] = {}  # subscribed topic -> consumer
+        self._handlers_lock = threading.Lock()
         self._client = self._make_client() if config.enabled else None
 
     def topic(self, name: str) -> str:
@@ -444,6 +466,17 @@ class MqttPublisher:
         self._retained.set(self.topics.activity, _json(payload))
         self._wake.set()
 
+    def subscribe(self, topics: Sequence[str], handler: Callable[[str, bytes], None]) -> None:
+        """Receive ``topics`` (exact names, QoS 1) now and after every reconnect.
+
+        ``handler(topic, payload)`` runs on paho's network thread: it must only hand the message
+        to a thread of its own, never do the work there (keepalives would stall).
+        """
+        with self._handlers_lock:
+            self._handlers.update(dict.fromkeys(topics, handler))
+        if self._client is not None and self._link.state()[0]:
+            self._client.subscribe([(topic, 1) for topic in topics])
+
     # ------------------------------------------------------------------ paho's thread
 
     def _make_client(self) -> mqtt.Client:
@@ -457,11 +490,12 @@ class MqttPublisher:
         if config.username:
             client.username_pw_set(config.username, config.password)
         if config.tls is not None:
-            _configure_tls(client, config.tls)
+            configure_tls(client, config.tls)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     @_guarded
@@ -475,6 +509,18 @@ class MqttPublisher:
         # resends them from the outbox in order, so those copies would only be extra duplicates.
         client.drop_out_messages()
         self._set_link(True, f"reconnected; before: {self._stalled}" if self._stalled else "")
+        # After the link is marked up, so a subscribe() racing this sees it up or is seen here.
+        with self._handlers_lock:
+            topics = list(self._handlers)
+        if topics:  # a clean session: the broker forgot them, and sends their retained messages again
+            client.subscribe([(topic, 1) for topic in topics])
+
+    @_guarded
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._handlers_lock:
+            handler = self._handlers.get(message.topic)
+        if handler is not None:
+            handler(message.topic, bytes(message.payload))
 
     @_guarded
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -625,7 +671,7 @@ class MqttPublisher:
         return info
 
 
-def _configure_tls(client: mqtt.Client, tls: TlsSection) -> None:
+def configure_tls(client: mqtt.Client, tls: TlsSection) -> None:
     """Certificates from the config; a missing or unreadable file fails at build time, not later."""
     try:
         client.tls_set(

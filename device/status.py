@@ -9,11 +9,14 @@ asks for it, so an unwatched kiosk spends nothing on it.
 
 from __future__ import annotations
 
+import copyreg
+import pickle
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,20 @@ STORAGE_OFF: Mapping[str, Any] = {
 STAGES: tuple[str, ...] = ("capture", "pose", "features", "classify", "activities", "publish")
 _TIMING_SAMPLES = 600  # per stage: enough for stable percentiles, bounded memory
 _RECENT = 20
+_NOT_EXPORTED = frozenset({"_lock", "_clock", "_view"})  # per process; the view has its own message
+
+
+def _read_only(mapping: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(mapping)
+
+
+def _pickle_mapping_proxy(proxy: MappingProxyType[Any, Any]) -> tuple[Any, ...]:
+    return _read_only, (dict(proxy),)  # the type itself has no importable name
+
+
+# Bundles hand out read-only mappings (a model's display names); a board holding one must still
+# export (:meth:`StatusBoard.export`). The copy is read-only again on the other side.
+copyreg.pickle(MappingProxyType, _pickle_mapping_proxy)
 
 
 @dataclass(frozen=True)
@@ -99,9 +116,7 @@ class LiveView:
             "frame": self.frame_number,
             "width": self.size[0],
             "height": self.size[1],
-            "people": [
-                {"person": p.person, "label": p.label, "points": _joints(p.points)} for p in people
-            ],
+            "people": [{"person": p.person, "label": p.label, "points": _joints(p.points)} for p in people],
             "stations": [{"name": s.name, "polygon": [list(c) for c in s.polygon]} for s in self.stations],
         }
 
@@ -190,6 +205,7 @@ class StatusBoard:
         self._mqtt: dict[str, Any] = {"enabled": False, "connected": False, "broker": "", "detail": ""}
         self._outbox = {"depth": 0, "dropped": 0}
         self._storage: dict[str, Any] = dict(STORAGE_OFF)
+        self._fleet: Mapping[str, Any] | None = None  # models pulled over MQTT (device.fleet_pull)
         self._recent: deque[Prediction] = deque(maxlen=_RECENT)
         self._person_present = False
         self._last_frame_at: float | None = None
@@ -250,6 +266,12 @@ class StatusBoard:
                 self._changes += 1
             self._storage = dict(state)
 
+    def set_fleet(self, state: Mapping[str, Any] | None) -> None:
+        """The pull of desired models (:meth:`device.fleet_pull.FleetPuller.state`); None when off."""
+        with self._lock:
+            self._changes += 1
+            self._fleet = state
+
     def set_person_present(self, present: bool) -> None:
         with self._lock:
             if present != self._person_present:
@@ -288,12 +310,35 @@ class StatusBoard:
         with self._lock:
             self._view = view
 
+    def export(self) -> bytes:
+        """Everything but the live view, pickled at one instant: the web process's copy
+        (:mod:`device.web_process`) is this board's state, so its pages read what ours would.
+
+        Pickling copies the samples in C (about as long as :meth:`snapshot`'s copying, under the
+        lock too); the percentiles and the JSON are then computed in the web process.
+        """
+        with self._lock:
+            fields = {name: value for name, value in vars(self).items() if name not in _NOT_EXPORTED}
+            return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, exported: bytes) -> None:
+        """Become a copy of the board that :meth:`export`-ed ``exported`` (its live view is set
+        apart, with :meth:`set_view`). Only for what the daemon itself exported: it is a pickle."""
+        fields = pickle.loads(exported)
+        with self._lock:
+            vars(self).update(fields)
+
     # ---------------------------------------------------------------- readers
 
     @property
     def model(self) -> ModelInfo | None:
         with self._lock:
             return self._model
+
+    @property
+    def fleet(self) -> Mapping[str, Any] | None:
+        with self._lock:
+            return self._fleet
 
     @property
     def changes(self) -> int:
@@ -370,6 +415,7 @@ class StatusBoard:
                 "storage": dict(self._storage),
                 "frames_flowing": self._last_frame_at is not None and now - self._last_frame_at <= 5.0,
                 "activity": self._activity,
+                "fleet": self._fleet,
             }
         return {
             **state,

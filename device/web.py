@@ -3,7 +3,8 @@
 :func:`create_app` builds a Flask app that only *reads* the :class:`~device.status.StatusBoard`
 (and, for model management, calls a :class:`ModelCatalog`), so the pipeline never waits on a
 browser. :class:`device.http_server.WebServer` serves it (HTTP or HTTPS) and keeps hostile
-clients in check; :mod:`device.access` decides who may look and who may change.
+clients in check, in a process of its own beside the daemon's (:mod:`device.web_process`);
+:mod:`device.access` decides who may look and who may change.
 
 Routes: ``/`` the status page; ``/frame.jpg`` and ``/stream.mjpg`` the live view with the
 skeleton; ``/api/status`` the status snapshot; ``/healthz`` (200 only while frames flow, a model
@@ -272,13 +273,15 @@ def create_app(
     models: ModelCatalog | None = None,
     device_name: str = "",
     max_streams: int = 4,
+    streams: LiveStreams | None = None,
 ) -> Flask:
     """The web app over ``status``; nothing happens until a request arrives.
 
     ``access_policy`` holds the token hashes and host names (default: loopback, no device token,
     so model management is disabled), ``device_name`` the title of the page (default: the device
     id), ``max_streams`` the number of concurrent MJPEG viewers (the page falls back to polling
-    ``/frame.jpg`` beyond it).
+    ``/frame.jpg`` beyond it); ``streams`` a bound kept elsewhere instead (the web process's
+    viewers are counted in the daemon, :mod:`device.web_process`).
     """
     policy = access_policy or AccessPolicy()
     if max_upload_mb <= 0 or max_streams < 1:
@@ -288,7 +291,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the pipeline stage order
     # "/api/models/a%2F/activate" must be a 404, not an HTML 308 redirect an API client cannot use.
     app.url_map.merge_slashes = False
-    streams = LiveStreams(max_streams)
+    streams = streams or LiveStreams(max_streams)
     app.extensions[STREAMS_EXTENSION] = streams
     title = device_name or status.device_id
     access.install(app, policy, title)
@@ -368,12 +371,13 @@ def _add_pages(
 class _StatusBody:
     """The ``/api/status`` body, shared by every request for up to ``max_age_s``.
 
-    A snapshot computes percentiles over thousands of samples and serializes them, in the same
-    interpreter (and under the same GIL) as the pipeline. Measured with 50 clients polling back to
-    back (``python -m benchmarks load``), building one per request cut the pipeline to 0.15x its
-    frame rate. One body per quarter second serves any number of pollers; a change of camera,
-    model, MQTT or presence state (:attr:`StatusBoard.changes`) makes a new one at once, so only the
-    fast-moving numbers can be up to ``max_age_s`` old.
+    A snapshot computes percentiles over thousands of samples and serializes them. Measured with 50
+    clients polling back to back (``python -m benchmarks load``) when the app still ran in the
+    daemon's interpreter, building one per request cut the pipeline to 0.15x its frame rate; in
+    the web process (:mod:`device.web_process`) it would spend the CPU budget. One body per
+    quarter second serves any number of pollers; a change of camera, model, MQTT or presence state
+    (:attr:`StatusBoard.changes`) makes a new one at once, so only the fast-moving numbers can be
+    up to ``max_age_s`` old.
     """
 
     def __init__(self, app: Flask, status: StatusBoard, max_age_s: float = _STATUS_MAX_AGE_S) -> None:

@@ -19,6 +19,13 @@ COMMANDS: dict[str, Listed] = {
     ),
     "push": Listed("push a model bundle to the fleet", "provisioning.fleet_options:PUSH"),
     "status": Listed("show each device's model, fps, MQTT and uptime", "provisioning.fleet_options:STATUS"),
+    "release": Listed(
+        "make a bundle a fleet group's desired model (pulled over MQTT)", "provisioning.release:COMMAND"
+    ),
+    "rollout": Listed(
+        "how far each fleet group's release went (rollout status)", "provisioning.rollout:COMMAND"
+    ),
+    "promote": Listed("give a group's canary release to all its kiosks", "provisioning.rollout:PROMOTE"),
 }
 """Each command's line in the list of commands and its :class:`~device.cli.Command`."""
 

@@ -44,6 +44,12 @@ def loaded(package: str, *argv: str) -> set[str]:
         ("trainer", ["train"], {"trainer.train_options", "trainer.tracking"}),
         ("provisioning", ["push"], {"provisioning.fleet_options"}),
         ("provisioning", ["init-device"], {"provisioning.init_options"}),
+        ("provisioning", ["release"], {"provisioning.release", "provisioning.broker"}),
+        (
+            "provisioning",
+            ["rollout"],
+            {"provisioning.rollout", "provisioning.release", "provisioning.broker"},
+        ),
     ],
 )
 def test_a_command_line_loads_only_its_commands_module(
@@ -60,3 +66,26 @@ def test_the_list_of_commands_loads_no_command(package: str) -> None:
 
 def test_device_help_does_not_load_replay() -> None:
     assert "device.replay" not in loaded("device") | loaded("device", "replay")
+
+
+DAEMON_IMPORTS = """
+import json, sys
+from device.daemon import build
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_the_daemon_imports_no_training_code_nor_pandas_or_scipy() -> None:
+    # pandas sits beside the device in this venv (the trainer's); sqlite_utils would import it
+    done = subprocess.run(
+        [sys.executable, "-c", DAEMON_IMPORTS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    packages = set(json.loads(done.stdout))
+    assert {"mediapipe", "cv2", "flask", "paho", "sqlite_utils"} <= packages  # it did import the daemon
+    assert not packages & {"pandas", "pyarrow", "scipy", "sklearn", "skops", "trainer", "mlflow", "dask"}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import free_port
+from broker import Mosquitto, Subscriber, free_port
 from conftest import REPO, PoseBundle
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
@@ -31,6 +31,7 @@ from test_fleet import KIOSKS, TOKEN_ENV, Fleet, running_fleet, table
 from test_train import Result, run_cli
 
 from device.model.bundle import load_public_key, open_bundle
+from device.model.desired import read_desired
 from provisioning.__main__ import main as provisioning
 from trainer.__main__ import main as trainer
 from trainer.tracking import tracking_uri
@@ -221,6 +222,23 @@ def test_push_by_alias_updates_every_kiosk_then_promotes(
     assert "Downloading" not in captured.err  # no progress bar from MLflow
     assert "moved models:/poses@production to version 1" in captured.err
     assert tracked.client.get_model_version_by_alias("poses", "production").version == 1
+
+
+def test_release_by_alias_publishes_the_registered_bundle_as_the_groups_desired_model(
+    tracked: Tracked, pose_model: PoseBundle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = "movement/fleet/lobby/model/desired"
+    argv = ["release", "models:/poses@candidate", "--group", "lobby", "--key", str(pose_model.signing_key)]
+    with Mosquitto() as broker:
+        status = provisioning([*argv, "--tracking-uri", tracked.uri, "--broker", f"127.0.0.1:{broker.port}"])
+        captured = capsys.readouterr()
+        assert status == 0, captured
+        with Subscriber(broker.port, topic) as subscriber:  # retained: a kiosk connecting later gets it
+            (message,) = subscriber.wait_for(topic)
+    desired = read_desired(message.payload, "lobby", [load_public_key(pose_model.public_key)])
+    registered = (tracked.run_dir / "bundle.zip").read_bytes()
+    assert (desired.model_id, desired.version, desired.release) == ("poses", "2.0.0", 1)
+    assert desired.sha256 == hashlib.sha256(registered).hexdigest() and desired.bundle == registered
 
 
 def test_a_failed_push_leaves_the_alias_where_it_was(
