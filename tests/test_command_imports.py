@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from conftest import REPO
@@ -23,9 +24,10 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in (package, "
 """
 
 
-def loaded(package: str, *argv: str) -> set[str]:
+def printed_json(code: str, *argv: str) -> Any:
+    """What ``code``, run in a fresh interpreter with ``argv``, printed as JSON."""
     done = subprocess.run(
-        [sys.executable, "-c", LOADED, package, *argv],
+        [sys.executable, "-c", code, *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -33,7 +35,15 @@ def loaded(package: str, *argv: str) -> set[str]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return {name for name in json.loads(done.stdout) if name.split(".")[0] == package or "." not in name}
+    return json.loads(done.stdout)
+
+
+def loaded(package: str, *argv: str) -> set[str]:
+    return {
+        name
+        for name in printed_json(LOADED, package, *argv)
+        if name.split(".")[0] == package or "." not in name
+    }
 
 
 @pytest.mark.parametrize(
@@ -77,15 +87,6 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 
 def test_the_daemon_imports_no_training_code_nor_pandas_or_scipy() -> None:
     # pandas sits beside the device in this venv (the trainer's); sqlite_utils would import it
-    done = subprocess.run(
-        [sys.executable, "-c", DAEMON_IMPORTS],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    packages = set(json.loads(done.stdout))
+    packages = set(printed_json(DAEMON_IMPORTS))
     assert {"mediapipe", "cv2", "flask", "paho", "sqlite_utils"} <= packages  # it did import the daemon
     assert not packages & {"pandas", "pyarrow", "scipy", "sklearn", "skops", "trainer", "mlflow", "dask"}
