@@ -37,9 +37,10 @@ Validate a configuration file without running anything; prints the effective set
 Besides the keys and values, every file and device the configuration names is checked as the
 daemon will use it: the trusted keys load as Ed25519 public keys, the bundle exists and verifies
 with them, the video files open, the camera device exists and can be opened by this user, the
-pose model is a usable .task file, the TLS files can be read, and the state and outbox folders
-exist or can be created. Run it as the user the daemon runs as: permissions are checked for the
-user running the check. Each problem is one line; the exit status is 2 when there is any.
+pose model is a usable .task file, the TLS files and the fleet's CA file can be read, and the
+state and outbox folders exist or can be created. Run it as the user the daemon runs as:
+permissions are checked for the user running the check. Each problem is one line; the exit
+status is 2 when there is any.
 
 --offline checks only keys and values: for a configuration written on a workstation for another
 machine (`python -m provisioning init-device` makes such files), whose paths and devices exist

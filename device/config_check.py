@@ -172,6 +172,14 @@ def _tls(config: Config) -> Iterator[str]:
             yield f"mqtt.tls.{key} {path}: {problem}"
 
 
+def _fleet(config: Config) -> Iterator[str]:
+    """The CA that pulled bundles' https:// URLs are checked against, read at each fetch."""
+    ca_file = config.fleet.ca_file
+    problem = config.fleet.groups and ca_file and _unreadable(ca_file)
+    if problem:
+        yield f"fleet.ca_file {ca_file}: {problem}"
+
+
 def _https(config: Config) -> Iterator[str]:
     """The HTTPS certificate and key: readable, a pair, not expired, the key not world-readable."""
     http = config.http
@@ -186,5 +194,5 @@ def _https(config: Config) -> Iterator[str]:
         yield f"http.tls_key {http.tls_key}: readable by every user of the kiosk (chmod o-r)"
 
 
-CHECKS: tuple[Check, ...] = (_state, _source, _pose, _model, _tls, _https)
+CHECKS: tuple[Check, ...] = (_state, _source, _pose, _model, _tls, _fleet, _https)
 """In the order of the example configuration's sections."""

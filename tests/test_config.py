@@ -187,6 +187,20 @@ def test_state_and_outbox_folders_must_be_folders(
     ]
 
 
+def test_the_fleet_ca_file_must_be_readable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], squats: Path
+) -> None:
+    path = write_config(tmp_path, f'kind = "file"\npaths = ["{squats}"]')
+    with path.open("a") as config:
+        config.write('[fleet]\ngroups = ["lobby"]\nca_file = "fleet-ca.pem"\n')
+    status, lines = check(capsys, str(path))
+    assert status == 2 and [line.split(f"{path}: ", 1)[1] for line in lines] == [
+        f"fleet.ca_file {tmp_path / 'fleet-ca.pem'}: No such file or directory"
+    ]
+    (tmp_path / "fleet-ca.pem").write_text("the CA the file server's certificate is signed by")
+    assert check(capsys, str(path)) == (0, [])
+
+
 def test_the_bundle_must_verify_with_the_trusted_keys(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], pose_model: PoseBundle, squats: Path
 ) -> None:
