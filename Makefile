@@ -46,7 +46,7 @@ lint: $(STAMP)
 bench-system:
 	scripts/ensure-debian-packages $(BENCH_DEBIAN_PACKAGES)
 
-# One table of every benchmark (~10 min on 2 cores); e.g. BENCH_ARGS="--soak-seconds 600 --out bench.md".
+# One table of every benchmark (~15 min on 2 cores); e.g. BENCH_ARGS="--soak-seconds 600 --out bench.md".
 bench: bench-system $(STAMP)
 	$(PY) -m benchmarks table $(BENCH_ARGS)
 
