@@ -9,14 +9,11 @@ asks for it, so an unwatched kiosk spends nothing on it.
 
 from __future__ import annotations
 
-import copyreg
-import pickle
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -25,6 +22,7 @@ from device.activities import ActivityEvent
 from device.keypoints import VISIBILITY, X, Y
 from device.prediction import Prediction
 from device.stations import Station
+from device.wire import Wire, WireError
 
 STORAGE_OFF: Mapping[str, Any] = {
     "ok": True,
@@ -44,19 +42,6 @@ STAGES: tuple[str, ...] = ("capture", "pose", "features", "classify", "activitie
 _TIMING_SAMPLES = 600  # per stage: enough for stable percentiles, bounded memory
 _RECENT = 20
 _NOT_EXPORTED = frozenset({"_lock", "_clock", "_view"})  # per process; the view has its own message
-
-
-def _read_only(mapping: dict[Any, Any]) -> MappingProxyType[Any, Any]:
-    return MappingProxyType(mapping)
-
-
-def _pickle_mapping_proxy(proxy: MappingProxyType[Any, Any]) -> tuple[Any, ...]:
-    return _read_only, (dict(proxy),)  # the type itself has no importable name
-
-
-# Bundles hand out read-only mappings (a model's display names); a board holding one must still
-# export (:meth:`StatusBoard.export`). The copy is read-only again on the other side.
-copyreg.pickle(MappingProxyType, _pickle_mapping_proxy)
 
 
 @dataclass(frozen=True)
@@ -167,6 +152,10 @@ def _percentiles(values: tuple[float, ...], scale: float = 1.0) -> dict[str, flo
         return {"p50": None, "p95": None, "p99": None}
     points = np.percentile(np.fromiter(values, float), [50, 95, 99]) * scale
     return {name: round(float(v), 3) for name, v in zip(("p50", "p95", "p99"), points, strict=True)}
+
+
+BOARD_WIRE = Wire((ModelInfo, PersonView, LiveView, Prediction, Station, _StageTimes))
+"""How a board and its live view travel to the web process: data of these classes, no code."""
 
 
 class StatusBoard:
@@ -311,20 +300,19 @@ class StatusBoard:
             self._view = view
 
     def export(self) -> bytes:
-        """Everything but the live view, pickled at one instant: the web process's copy
-        (:mod:`device.web_process`) is this board's state, so its pages read what ours would.
-
-        Pickling copies the samples in C (about as long as :meth:`snapshot`'s copying, under the
-        lock too); the percentiles and the JSON are then computed in the web process.
-        """
+        """Everything but the live view, encoded at one instant (:data:`BOARD_WIRE`): the web
+        process's copy (:mod:`device.web_process`) is this board's state, so its pages read what
+        ours would. The percentiles and the JSON are then computed in the web process."""
         with self._lock:
             fields = {name: value for name, value in vars(self).items() if name not in _NOT_EXPORTED}
-            return pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+            return BOARD_WIRE.encode(fields)
 
     def restore(self, exported: bytes) -> None:
         """Become a copy of the board that :meth:`export`-ed ``exported`` (its live view is set
-        apart, with :meth:`set_view`). Only for what the daemon itself exported: it is a pickle."""
-        fields = pickle.loads(exported)
+        apart, with :meth:`set_view`); a :class:`~device.wire.WireError` if it is not one."""
+        fields = BOARD_WIRE.decode(exported)
+        if not isinstance(fields, dict) or set(fields) - set(vars(self)):
+            raise WireError("not an exported status board")
         with self._lock:
             vars(self).update(fields)
 

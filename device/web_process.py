@@ -29,9 +29,10 @@ body limits, access policy), so every route answers as it did; only a flood of r
 slowed, by the budget. It ends when the daemon closes its end of the socket (or dies), or on
 SIGTERM/SIGINT.
 
-What crosses the socket: the daemon sends pickles (it is the trusted side); the web process, the
-one facing the network, sends a JSON header line and raw bytes (a bundle, a revocation list), so
-the daemon never unpickles anything that came from it.
+What crosses the socket is data, never code, either way: the daemon sends the board, views and
+settings encoded by :mod:`device.wire` (JSON and raw array buffers, only the classes it names);
+the web process, the one facing the network, sends a JSON header line and raw bytes (a bundle, a
+revocation list).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from flask import Flask
 
 from device.access import AccessPolicy
 from device.config import Config, ConfigError, HttpSection
-from device.status import LiveView, StatusBoard
+from device.status import BOARD_WIRE, LiveView, StatusBoard
 from device.web import STREAMS_EXTENSION, LiveStreams, ModelCatalog, create_app
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,10 @@ class WebSettings:
     privacy: bool
     log_level: str
     max_streams: int
+
+
+_WIRE = BOARD_WIRE.extended(WebSettings, HttpSection)
+"""The daemon's messages to the web process: the board, views and settings as data, no code."""
 
 
 def _message(kind: str, payload: bytes = b"", **fields: Any) -> bytes:
@@ -242,7 +247,7 @@ class WebProcess:
                 self._socket.close()
 
     def _send(self, message: tuple[Any, ...]) -> bool:
-        """Send one pickled message; False once the link is gone."""
+        """Send one message (:data:`_WIRE`); False once the link is gone."""
         with self._send_lock:
             return self._write(message)
 
@@ -257,7 +262,7 @@ class WebProcess:
         if self._link is None or self._link.closed:
             return False
         try:
-            self._link.send(message)
+            self._link.send_bytes(_WIRE.encode(message))
         except (OSError, ValueError):
             return False
         return True
@@ -361,7 +366,7 @@ class _Daemon:
         """Apply the daemon's pushes and hand answers to their callers until the socket closes."""
         try:
             while True:
-                message = self._link.recv()
+                message = _WIRE.decode(self._link.recv_bytes())
                 if message[0] == "board":
                     self._board.restore(message[1])
                 elif message[0] == "view":
@@ -437,7 +442,7 @@ def serve(link: Connection) -> int:
     from device import logs
     from device.http_server import WebServer, tls_context
 
-    kind, settings, exported, view = link.recv()
+    kind, settings, exported, view = _WIRE.decode(link.recv_bytes())
     if kind != "start" or not isinstance(settings, WebSettings):
         print("device.web_process: the daemon's first message was not its settings", file=sys.stderr)
         return 2
@@ -489,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module, not this ``__main__`` copy: the daemon's pickles name
-    # ``device.web_process.WebSettings``, which must be the class ``serve`` checks against.
+    # Run the imported module, not this ``__main__`` copy: ``serve`` checks the settings against
+    # ``device.web_process.WebSettings``, the class the wire decodes them as.
     from device.web_process import main as web_process_main
 
     raise SystemExit(web_process_main())
