@@ -290,6 +290,11 @@ class StatusBoard:
         with self._lock:
             return dict(self._activity_counts)
 
+    def counters(self) -> dict[str, int]:
+        """The counters alone, without the percentiles a :meth:`snapshot` computes."""
+        with self._lock:
+            return dict(self._counters)
+
     def label_counts(self) -> dict[str, int]:
         """Classifications per label since start (``/metrics``: how the day divides up)."""
         with self._lock:
