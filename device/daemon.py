@@ -124,11 +124,11 @@ class Daemon:
         self.store = ModelStore.from_config(config)
         self._load_model()
         self._start_fleet()
-        self.capture.start()
-        self._pipeline.start()
-        if config.http.enabled:
+        if config.http.enabled:  # serving before the first result: whoever sees one can ask the API
             self.web = WebProcess(config, self.status, self)
             self.web.start()
+        self.capture.start()
+        self._pipeline.start()
         log.info(
             "daemon started",
             extra={"device_id": config.device.id, "version": __version__, "http_port": self.http_port},
