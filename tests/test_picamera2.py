@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,16 @@ def test_frames_are_bgr_as_opencv_gives_them(picamera2: ModuleType) -> None:
     assert (cv2.cvtColor(first.image, cv2.COLOR_BGR2RGB)[picamera2.RED_SQUARE] == (255, 0, 0)).all()
 
 
+def latest_frame(url: str) -> bytes | None:
+    """The page's current frame, or None while it has none yet (503)."""
+    try:
+        return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10).read()
+    except urllib.error.HTTPError as error:
+        if error.code != 503:
+            raise
+        return None
+
+
 def test_the_daemon_shows_the_pi_cameras_red_as_red(picamera2: ModuleType, tmp_path: Path) -> None:
     config = parse_config(
         {
@@ -67,9 +78,9 @@ def test_the_daemon_shows_the_pi_cameras_red_as_red(picamera2: ModuleType, tmp_p
     daemon = build(config)
     daemon.start()
     try:
-        assert eventually(lambda: daemon.status.view is not None, 60, "a frame through the pipeline")
         url = f"http://127.0.0.1:{daemon.web.port}/frame.jpg"
-        jpeg = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10).read()
+        # the web process serves its own copy of the status board: 503 until a frame has reached it
+        jpeg = eventually(lambda: latest_frame(url), 60, "a frame through the pipeline to the page")
     finally:
         daemon.stop()
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int)
