@@ -8,10 +8,11 @@ bytes name, and nothing in ``device/`` unpickles. So a message here is JSON plus
 
 The header spells out what JSON cannot: tuples, deques (with their bound), mappings with
 non-string keys or read-only ones, numpy arrays (dtype, shape and their place among the
-buffers: a 640×480 frame is not base64-encoded 20 times a second), and objects of the few
-classes a :class:`Wire` is given — frozen dataclasses rebuilt from their fields, pydantic models
-from their JSON form, validated again. A name that is not among them is refused
-(:class:`WireError`), so decoding can build nothing else.
+buffers: a 640×480 frame is not base64-encoded 20 times a second), deques of floats (the board's
+600 timings per stage: one buffer each, as item by item they cost the daemon and its web process
+a twentieth of a core each), and objects of the few classes a :class:`Wire` is given — frozen
+dataclasses rebuilt from their fields, pydantic models from their JSON form, validated again. A
+name that is not among them is refused (:class:`WireError`), so decoding can build nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import dataclasses
 import json
 import math
 import struct
+from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -79,6 +81,10 @@ class Wire:
         if isinstance(value, tuple):
             return {"tuple": [self._plain(item, buffers) for item in value]}
         if isinstance(value, deque):
+            if value and all(type(item) is float for item in value):  # timings: one buffer, not 600 items
+                data = array("d", value).tobytes()
+                buffers.append(data)
+                return {"floats": len(data), "maxlen": value.maxlen}
             return {"deque": [self._plain(item, buffers) for item in value], "maxlen": value.maxlen}
         if isinstance(value, Mapping):
             pairs = [[self._plain(k, buffers), self._plain(v, buffers)] for k, v in value.items()]
@@ -109,11 +115,15 @@ class _Reader:
             return bytes(self._take(item["bytes"]))
         if "array" in item:
             dtype, shape, size = item["array"]
-            array = np.frombuffer(self._take(size), dtype=np.dtype(dtype)).reshape(shape).copy()
-            array.flags.writeable = False
-            return array
+            values = np.frombuffer(self._take(size), dtype=np.dtype(dtype)).reshape(shape).copy()
+            values.flags.writeable = False
+            return values
         if "tuple" in item:
             return tuple(self.value(v) for v in item["tuple"])
+        if "floats" in item:
+            floats = array("d")
+            floats.frombytes(self._take(item["floats"]))
+            return deque(floats, maxlen=item["maxlen"])
         if "deque" in item:
             return deque((self.value(v) for v in item["deque"]), maxlen=item["maxlen"])
         if "mapping" in item:

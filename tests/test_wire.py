@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -76,3 +77,19 @@ def test_only_the_wires_classes_are_built_and_broken_messages_are_refused() -> N
         Wire(()).decode(data[:-3])
     with pytest.raises(WireError):
         StatusBoard("x").restore(Wire(()).encode({"_counters": 1, "_not_a_field": 2}))
+
+
+def test_deques_keep_their_items_types_and_bound() -> None:
+    timings = deque([0.5, 1e-3, float("nan"), float("inf")], maxlen=600)
+    mixed = deque([1.5, 2, "x"], maxlen=3)
+    whole = deque([1.0, 2], maxlen=None)  # an int among floats stays an int
+    sent = Wire(()).decode(Wire(()).encode((timings, mixed, whole, deque(maxlen=5))))
+    assert [type(d) for d in sent] == [deque] * 4
+    assert [d.maxlen for d in sent] == [600, 3, None, 5]
+    assert np.array_equal(list(sent[0]), list(timings), equal_nan=True) and type(sent[0][0]) is float
+    assert list(sent[1]) == [1.5, 2, "x"] and type(sent[1][1]) is int
+    assert list(sent[2]) == [1.0, 2] and type(sent[2][1]) is int
+    assert list(sent[3]) == []
+    data = Wire(()).encode(timings)
+    with pytest.raises(WireError):
+        Wire(()).decode(data[:-3])
