@@ -11,10 +11,10 @@ into a temporary folder: a camera's usual mode.
 1. Frames/s: the daemon with ``pace = "fast"`` (every frame goes through, the reader is the pace)
    over a window of ``seconds``, from its own counters, against the bare loop (OpenCV read +
    BGR→RGB + MediaPipe detect) on the same frames and core.
-2. Per-frame overhead without pose, p50/p99: window → features → model → outbox (SQLite,
-   ``synchronous=FULL``) → publisher (connected to the broker), on the same core, with the bare
-   loop's median pose time as the gap between frames (in which the publisher's thread sends and
-   is acknowledged, as in the daemon).
+2. Per-frame overhead without pose, p50/p99: window → features → model → outbox (SQLite, the
+   default ``synchronous``) → publisher (connected to the broker), on the same core, with the
+   bare loop's median pose time as the gap between frames (in which the publisher's thread
+   syncs, sends and is acknowledged, as in the daemon).
 3. Glass-to-MQTT latency, p50/p99: the daemon with ``pace = "realtime"`` (frames due at the
    video's own times: a camera stand-in), from the moment a frame was due to the moment a
    subscriber on loopback received the classification made from it. The daemon records each
@@ -46,6 +46,7 @@ from benchmarks.device_bench import bare_loop, overhead
 from benchmarks.rows import Row
 from benchmarks.samples import VIDEOS
 from benchmarks.timing import p50_p99_ms
+from device.config import OutboxSection
 from tests.broker import Mosquitto, Subscriber
 from trainer.recipes import PoseBundle
 
@@ -252,7 +253,7 @@ def measure(
             model.public_key,
             work,
             broker.port,
-            "full",
+            OutboxSection().synchronous,
             bare_pose_ms[0] / 1000,
             overhead_frames,
         )

@@ -230,7 +230,9 @@ class OutboxSection(_Section):
         100_000, ge=10, description="bound; beyond it the oldest rows are dropped and counted"
     )
     synchronous: Literal["full", "normal"] = Field(
-        "full", description="full: results survive a power cut; normal: a crash, with fewer SD writes"
+        "normal",
+        description="normal: results survive a crash, a power cut may cost the last seconds' unsent "
+        "ones; full: every result is fsynced (a power cut costs none), with many more SD writes",
     )
     # A row bound alone does not bound the file: payloads vary in size, and the kiosk's SD card is
     # shared with the OS and the models. Reaching this size is handled like a full disk: the

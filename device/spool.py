@@ -150,7 +150,7 @@ class Spool:
         path: str | Path,
         *,
         max_rows: int,
-        synchronous: str = "full",
+        synchronous: str = "normal",
         max_bytes: int | None = None,
         memory_rows: int = MEMORY_ROWS,
         retry_s: float = RETRY_S,
