@@ -10,23 +10,24 @@ Decisions, and why:
 - **One connection, one lock.** Both threads share a single connection opened with
   ``check_same_thread=False``; every method holds the lock for its whole transaction. The work
   per call is tiny, so contention costs nothing, and there is no ``database is locked`` to handle.
-- **WAL with ``synchronous=NORMAL`` by default, and durable before it is sent.** ``NORMAL``
-  survives a crashed or killed process; a *power cut* may roll back the commits the kernel had
-  not yet written out (it does every few seconds). That would be harmless for results nobody
-  received, but not for those already sent: ``AUTOINCREMENT``'s high-water mark would roll back
-  too, a later result would get a ``seq`` a subscriber already has, and be dropped by it as a
-  repeat. So :meth:`Outbox.pending` fsyncs the log before it hands rows out to be sent, on the
-  publisher's thread: what left the kiosk is on disk, what a power cut costs is at most the
-  last seconds' *unsent* results, and the pipeline appends without waiting for the card (an
-  fsync per result cost it ~1 ms, more in the tail, and an SD card 30 synchronous writes a
-  second). ``synchronous="full"`` (config ``outbox.synchronous``) fsyncs every commit, appends
-  and acknowledgements alike, for a kiosk whose unsent results must survive a power cut too.
+- **WAL with ``synchronous=NORMAL`` by default.** ``NORMAL`` survives a crashed or killed
+  process; a *power cut* may roll back the commits the kernel had not yet written out (it does
+  every few seconds): results not yet sent, which are lost, and results already sent and
+  acknowledged, which were deleted anyway. ``FULL`` (config ``outbox.synchronous``) fsyncs
+  every commit so that not even unsent results are lost, at a price measured on one core: ~1 ms
+  of the pipeline's time per result (more in the tail) and 30+ synchronous writes a second on an
+  SD card at 30 frames/s, appends and acknowledgements alike.
 - **``seq`` never goes backwards, and ``epoch`` names the numbering.** ``INTEGER PRIMARY KEY
   AUTOINCREMENT`` keeps its high-water mark in ``sqlite_sequence``, so numbers are not reused
   after the table was drained or the device restarted. But a database that was corrupt and
-  moved aside starts again at 1; so every payload also carries ``epoch`` (DESIGN.md §5), a random
-  id made with the database and stored in it, and subscribers drop duplicates by ``(epoch, seq)``:
-  a new database's results can never look like repeats of the old one's.
+  moved aside starts again at 1, and a power cut under ``NORMAL`` rolls the high-water mark back
+  with the lost commits, so a later result could get the ``seq`` of one a subscriber already
+  has. So every payload also carries ``epoch`` (DESIGN.md §5), a random id stored in the
+  database, and subscribers drop duplicates by ``(epoch, seq)``; a new database gets a new
+  epoch, and so does a database opened in another boot of the machine than the one that last
+  opened it (the kernel's ``boot_id``; a power cut is always followed by a boot). Rows stored
+  before keep the epoch they were stored with, so a repeat of one is still recognised. Within a
+  boot a restarted daemon keeps its epoch: nothing committed is lost by a crash.
 - **A database moved aside is a counted loss.** :meth:`Outbox.open_or_reset` reads how many rows
   the damaged file still held (and its own ``dropped`` count) where SQLite can read them, adds
   them to the new file's ``dropped``, and reports them in :attr:`Outbox.moved_aside` (``rows``
@@ -95,6 +96,7 @@ _ROOM_FIRST_DROP = 16  # rows deleted by the first try to make room (a page hold
 _ROOM_GROWTH = 4  # each further try deletes this many times more, up to every row
 _SIDECARS = ("-wal", "-shm")
 _RESERVE = "-reserve"
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _INSERT = "INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, '', ?, ?, ?)"
 """A row whose payload is written once its ``seq`` is known (the payload carries it)."""
 _SCHEMA = (
@@ -124,6 +126,15 @@ def check_message(topic: str, qos: int) -> None:
         raise ValueError(f"not a topic MQTT can publish to: {topic!r}")
     if qos not in (0, 1, 2):
         raise ValueError(f"qos must be 0, 1 or 2 (got {qos})")
+
+
+def boot_id() -> str:
+    """This boot of the machine, from the Linux kernel; where it does not say, a random id, so that
+    every open counts as after a reboot (a new epoch: safe, only less tidy for subscribers)."""
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return new_epoch()
 
 
 def encode_payload(seq: int, epoch: str, payload: Mapping[str, Any]) -> str:
@@ -225,7 +236,6 @@ class Outbox:
         self._pinned = False  # the disk is full: the file may not grow (see _make_room_on_disk)
         self._reserve = self.path.with_name(self.path.name + _RESERVE)
         self._reserve_warned = False
-        self._synced_seq = 0  # rows up to this seq are known to be on disk (see pending)
         self._keep_reserve()
 
     @classmethod
@@ -265,7 +275,7 @@ class Outbox:
 
     def append(self, topic: str, payload: Mapping[str, Any], qos: int = 1, retain: bool = False) -> int:
         """Store one message and return its ``seq``; the row is committed before this returns (and
-        fsynced with ``synchronous="full"``; else before :meth:`pending` hands it out).
+        fsynced with ``synchronous="full"``).
 
         The stored JSON is ``{"seq": seq, "epoch": epoch, **payload}`` (see :func:`encode_payload`).
         Raises ``ValueError`` for a topic MQTT cannot publish to or a payload JSON cannot represent
@@ -426,18 +436,13 @@ class Outbox:
     # ------------------------------------------------------------------ reading
 
     def pending(self, after_seq: int | None = None, limit: int = 100) -> list[OutboxMessage]:
-        """Stored messages with ``seq`` greater than ``after_seq`` (all when None), oldest first.
-
-        What this returns is on disk, in either ``synchronous`` mode: it is handed out to be sent,
-        and a ``seq`` somebody received must never be given to another result after a power cut
-        (see the module docstring).
-        """
+        """Stored messages with ``seq`` greater than ``after_seq`` (all when None), oldest first."""
         with self._lock, self._transaction("read") as db:
             rows = db.query(
                 "SELECT seq, topic, payload, qos, retain FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                 [-1 if after_seq is None else after_seq, limit],
             )
-            messages = [
+            return [
                 OutboxMessage(
                     row["seq"],
                     row["topic"],
@@ -448,28 +453,6 @@ class Outbox:
                 )
                 for row in rows
             ]
-        if messages and messages[-1].seq > self._synced_seq:
-            self._sync_log()  # outside the lock: the pipeline's appends go on meanwhile
-            self._synced_seq = messages[-1].seq
-        return messages
-
-    def _sync_log(self) -> None:
-        """fsync the write-ahead log: every transaction committed so far is then on disk (a
-        checkpoint has already synced what it moved into the database file)."""
-        if self.synchronous == "full":
-            return  # every commit was synced
-        try:
-            descriptor = os.open(self.path.with_name(self.path.name + "-wal"), os.O_RDONLY)
-        except FileNotFoundError:
-            return  # no log: everything is in the database file
-        except OSError as exc:
-            raise OutboxError(f"{self.path}: cannot sync its log ({exc.strerror})") from exc
-        try:
-            os.fsync(descriptor)
-        except OSError as exc:
-            raise OutboxError(f"{self.path}: cannot sync its log ({exc.strerror})") from exc
-        finally:
-            os.close(descriptor)
 
     @property
     def depth(self) -> int:
@@ -509,7 +492,7 @@ class Outbox:
     # ------------------------------------------------------------------ internals
 
     def _prepare(self, db: Database) -> tuple[int, int]:
-        """Check the file, switch to WAL + FULL, create the schema and epoch, apply the size cap.
+        """Check the file, switch to WAL, make the schema and epoch (new after a reboot), apply the cap.
 
         All idempotent; returns the page size and the page limit (the cap's, or SQLite's own).
         """
@@ -535,6 +518,14 @@ class Outbox:
                     "UPDATE outbox SET payload = json_set(payload, '$.epoch', "
                     "(SELECT value FROM meta WHERE name = 'epoch'))"
                 )
+            # a file last opened in another boot may have lost its newest commits (a power cut):
+            # new results are numbered under a new epoch. A file that never recorded its boot was
+            # written by a version that synced every commit by default and keeps its epoch.
+            boot, last_boot = boot_id(), db.execute("SELECT value FROM meta WHERE name = 'boot'").fetchone()
+            if last_boot is not None and last_boot[0] != boot:
+                db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", [new_epoch()])
+            if last_boot is None or last_boot[0] != boot:  # no write at all on an ordinary restart
+                db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('boot', ?)", [boot])
         if self.max_bytes is not None:  # per connection; SQLite never sets it below the file's size
             db.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
         return page_size, db.execute("PRAGMA max_page_count").fetchone()[0]
