@@ -14,14 +14,16 @@ priority (``nice``) would be the other way, but the kiosk's unit refuses ``setpr
 **The daemon side**, :class:`WebProcess`, starts ``python -m device.web_process`` with one end
 of a Unix socket pair and then, from two threads of its own:
 
-* pushes its :class:`~device.status.StatusBoard` (:meth:`~device.status.StatusBoard.export`,
-  everything but the live view) and the newest :class:`~device.status.LiveView` every
-  :data:`BOARD_INTERVAL_S` (views every :data:`VIEW_INTERVAL_S` while somebody watches the live
-  stream); the web process's board is a copy of it, so every route reads what it read before,
-  and the percentiles and JSON of ``/api/status`` are computed over there;
-* answers the calls of the web process: the board afresh for each snapshot, the model catalog
-  (list, install, activate, revoke keys) and the live-stream bound, whose count stays in the
-  daemon (``WebProcess.app``'s :class:`~device.web.LiveStreams`).
+* answers the calls of the web process: its :class:`~device.status.StatusBoard`
+  (:meth:`~device.status.StatusBoard.export`, everything but the live view) and the newest
+  :class:`~device.status.LiveView`, which a request fetches when the web process's copy is
+  older than :data:`FRESH_S` (and every status body and metrics scrape afresh), so every route
+  reads what it read before, and the percentiles and JSON of ``/api/status`` are computed over
+  there; the model catalog (list, install, activate, revoke keys); and the live-stream bound,
+  whose count stays in the daemon (``WebProcess.app``'s :class:`~device.web.LiveStreams`);
+* pushes the newest live view every :data:`VIEW_INTERVAL_S` while somebody watches the live
+  stream. Nothing else crosses while nobody asks: pushing the board ten times a second cost the
+  one-core kiosk 3 ms of CPU per frame (half in each process) for a page nobody looked at.
 
 **The web process** builds the same app (:func:`device.web.create_app`) over its copy of the
 board and serves it with the same :class:`~device.http_server.WebServer` (TLS, slow-client and
@@ -41,6 +43,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -63,12 +66,16 @@ from device.web import STREAMS_EXTENSION, LiveStreams, ModelCatalog, create_app
 
 log = logging.getLogger(__name__)
 
-BOARD_INTERVAL_S = 0.1
-"""The board reaches the web process this often."""
+FRESH_S = 0.1
+"""A request finds the web process's copy of the board and live view at most this old: an older
+one is fetched from the daemon first (:meth:`_BoardCopy.refresh`)."""
+FETCH_TIMEOUT_S = 1.0
+"""How long a request waits for a fresh board before it is answered from the last copy (a
+daemon too busy to answer, or a hung one: ``/healthz`` then says so from the copy's age)."""
 VIEW_INTERVAL_S = 0.05
 """While somebody watches the live stream, a new live view reaches it this often: twice the
 stream's 10 parts/s, so each part finds a newer frame than the last (at the same rate, one in a
-few would find none). Otherwise views go with the board."""
+few would find none)."""
 CPU_SHARE = 0.1
 """The web process's CPU budget, a share of one core (:class:`CpuBudget`). Measured with 50
 clients polling ``/api/status`` back to back (``python -m benchmarks load``, other work loading
@@ -251,12 +258,15 @@ class WebProcess:
         with self._send_lock:
             return self._write(message)
 
-    def _send_board(self) -> bool:
-        """The board as it is now, exported under the send lock: boards reach the web process in
-        the order they were taken, so a model call's answer, sent after the board it changed, is
-        never followed by an older one (the page would show the previous model state again)."""
+    def _send_board(self, with_view: bool = False) -> bool:
+        """The board as it is now (and the live view), exported under the send lock: boards reach
+        the web process in the order they were taken, so a call's answer, sent after the board it
+        changed or asked for, is never followed by an older one (the page would show the previous
+        model state again)."""
         with self._send_lock:
-            return self._write(("board", self.status.export()))
+            view = self.status.view if with_view else None
+            sent = self._write(("board", self.status.export()))
+            return sent and (view is None or self._write(("view", view)))
 
     def _write(self, message: tuple[Any, ...]) -> bool:
         if self._link is None or self._link.closed:
@@ -268,20 +278,15 @@ class WebProcess:
         return True
 
     def _push(self) -> None:
-        """The board every :data:`BOARD_INTERVAL_S`; the live view when it changed, with the
-        board or, while somebody watches the live stream, every :data:`VIEW_INTERVAL_S`."""
+        """While somebody watches the live stream, the live view every :data:`VIEW_INTERVAL_S`
+        when it changed."""
         sent: LiveView | None = None
-        for tick in itertools.count():
-            board_due = tick % round(BOARD_INTERVAL_S / VIEW_INTERVAL_S) == 0
+        while not self._stop.wait(VIEW_INTERVAL_S):
             view = self.status.view
-            if view is not None and view is not sent and (board_due or self.streams.active):
+            if view is not None and view is not sent and self.streams.active:
                 if not self._send(("view", view)):
                     return
                 sent = view
-            if board_due and not self._send_board():
-                return
-            if self._stop.wait(VIEW_INTERVAL_S):
-                return
 
     def _answer_calls(self) -> None:
         """Read the web process's calls; each runs in a thread of its own (an install takes
@@ -301,13 +306,16 @@ class WebProcess:
             call.start()
 
     def _answer(self, fields: dict[str, Any], payload: bytes) -> None:
+        if fields["kind"] == "board":  # the board and view go as pushes, in order; then the answer
+            self._send_board(with_view=True)
+            self._send(("reply", fields.get("id"), "ok", None))
+            return
         force = bool(fields.get("force"))
         calls: dict[str, Callable[[], Any]] = {
             "list": self.models.list,
             "install": lambda: self.models.install(payload, force=force),
             "activate": lambda: self.models.activate(str(fields.get("version")), force=force),
             "revoke": lambda: self.models.revoke_keys(payload),
-            "board": self.status.export,
             "stream": self.streams.acquire,
             "unstream": self.streams.release,
         }
@@ -348,8 +356,9 @@ class _Daemon:
         with self._send_lock:
             self._link.send_bytes(_message(kind, payload, **fields))
 
-    def call(self, kind: str, payload: bytes = b"", **fields: Any) -> Any:
-        """Ask the daemon and wait for its answer; a refusal is a :class:`ValueError` (HTTP 422)."""
+    def call(self, kind: str, payload: bytes = b"", timeout: float | None = None, **fields: Any) -> Any:
+        """Ask the daemon and wait for its answer; a refusal is a :class:`ValueError` (HTTP 422),
+        no answer within ``timeout`` seconds a :class:`TimeoutError`."""
         future: Future[Any] = Future()
         call_id = next(self._ids)
         self._pending[call_id] = future
@@ -358,7 +367,7 @@ class _Daemon:
             if self._gone.is_set():
                 raise RuntimeError("the daemon is gone")
             self.send(kind, payload, id=call_id, **fields)
-            return future.result()
+            return future.result(timeout)
         finally:
             self._pending.pop(call_id, None)
 
@@ -390,16 +399,32 @@ class _Daemon:
 
 
 class _BoardCopy(StatusBoard):
-    """The daemon's board as the web process sees it: pushed every :data:`BOARD_INTERVAL_S`, and
-    fetched afresh for each :meth:`snapshot` (a status body, a metrics scrape, the page), which is
-    then as current as one taken in the daemon (``/api/status`` reuses it for a quarter second)."""
+    """The daemon's board and live view as the web process sees them: fetched before a request
+    when older than :data:`FRESH_S`, and afresh for each :meth:`snapshot` (a status body, a
+    metrics scrape, the page), which is then as current as one taken in the daemon
+    (``/api/status`` reuses it for a quarter second)."""
 
-    fetch: Callable[[], bytes] | None = None
+    def __init__(self, *args: Any, fetch: Callable[[], object], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fetch = fetch
+        self._fetching = threading.Lock()  # one fetch at a time; the requests meanwhile wait for it
+        self._fetched_at = -math.inf
+
+    def refresh(self, max_age_s: float = FRESH_S) -> None:
+        """Have the daemon push its board and view unless the copy is younger than ``max_age_s``; when
+        the daemon is gone or does not answer in time, the copy stays as it was."""
+        with self._fetching:
+            if time.monotonic() - self._fetched_at < max_age_s:
+                return
+            asked = time.monotonic()
+            try:
+                self._fetch()  # the daemon's answer follows the board and view it pushed
+            except (RuntimeError, TimeoutError):
+                return
+            self._fetched_at = asked
 
     def snapshot(self) -> dict[str, Any]:
-        if self.fetch is not None:
-            with contextlib.suppress(RuntimeError):  # the daemon is gone: the last copy it pushed
-                self.restore(self.fetch())
+        self.refresh(0.0)
         return super().snapshot()
 
 
@@ -450,12 +475,15 @@ def serve(link: Connection) -> int:
     gone = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: gone.set())
-    board = _BoardCopy(settings.device_id, privacy=settings.privacy)
+    board = _BoardCopy(
+        settings.device_id,
+        privacy=settings.privacy,
+        fetch=lambda: daemon.call("board", timeout=FETCH_TIMEOUT_S),  # the link, made next
+    )
     board.restore(exported)
     if view is not None:
         board.set_view(view)
     daemon = _Daemon(link, board, gone)
-    board.fetch = lambda: daemon.call("board")
     http = settings.http
     app = create_app(
         board,
@@ -466,6 +494,7 @@ def serve(link: Connection) -> int:
         streams=_RemoteStreams(settings.max_streams, daemon),
     )
     app.before_request(CpuBudget(CPU_SHARE).wait)
+    app.before_request(board.refresh)
     try:
         server = WebServer(app, str(http.bind), http.port, tls=tls_context(http))
         server.start()

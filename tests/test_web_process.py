@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +28,7 @@ from test_web import TOKEN, Catalog, fetch, fetch_json, frame, prediction  # noq
 
 from device.config import ConfigError, parse_config
 from device.status import STAGES, LiveView, ModelInfo, StatusBoard
-from device.web_process import CpuBudget, WebProcess
+from device.web_process import FRESH_S, CpuBudget, WebProcess
 from trainer.recipes import PoseBundle
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -163,6 +165,58 @@ def test_a_status_body_is_built_from_the_daemons_board_as_it_is_then(
     assert snap["counters"]["classifications"] == 2 and snap["current"]["label"] == "stand"
 
 
+def test_a_request_finds_the_daemons_newest_frame_and_health_without_a_push(
+    start_web: Callable[..., WebProcess], squats_reference: np.ndarray
+) -> None:
+    """Nothing crosses to the web process while nobody asks; a request that finds its copy older
+    than :data:`FRESH_S` has the daemon send its board and view first, so the first answer after
+    a change (once the copy is that old) already has it."""
+    board = running_board()
+    web = start_web(board)
+    size = (1280, 720)
+    for frame_number in (24, 25):
+        board.set_view(LiveView(None, squats_reference[frame_number], None, frame_number, size=size))
+        board.record_stage("pose", 0.02)  # a frame through pose: healthy
+        time.sleep(FRESH_S)  # the copy is at least this old now (the answer does not depend on speed)
+        status, pose = fetch_json(url(web, "/api/pose"))
+        assert (status, pose["frame"]) == (200, frame_number)
+    storage = {"ok": False, "mode": "memory", "detail": "read-only file system", "memory": {"depth": 3}}
+    board.set_storage(storage)
+    time.sleep(FRESH_S)
+    status, _, body = fetch(url(web, "/healthz"))
+    assert status == 503 and b"read-only file system" in body
+
+
+class StuckBoard(StatusBoard):
+    """A daemon's board whose export waits while ``stuck`` is set: a daemon too busy to answer.
+    (The events are the class's: everything on the instance goes to the web process.)"""
+
+    stuck = threading.Event()
+    released = threading.Event()
+
+    def export(self) -> bytes:
+        if self.stuck.is_set():
+            self.released.wait(30)
+        return super().export()
+
+
+def test_a_daemon_that_does_not_answer_leaves_the_page_answering_from_its_last_copy(
+    start_web: Callable[..., WebProcess],
+) -> None:
+    board = StuckBoard("kiosk-web")
+    board.set_model(MODEL)
+    board.record_stage("pose", 0.02)
+    web = start_web(board)
+    time.sleep(FRESH_S)  # the copy is old enough to be fetched again
+    board.stuck.set()
+    try:
+        status, _, body = fetch(url(web, "/healthz"))  # waits a second for the board, then the copy
+    finally:
+        board.released.set()
+        board.stuck.clear()
+    assert status == 200, body  # the copy it had: a model, a frame through pose a moment ago
+
+
 def test_model_changes_are_made_by_the_daemons_catalog(start_web: Callable[..., WebProcess]) -> None:
     """Uploads, activations and refusals cross to the daemon and back with their statuses."""
     catalog = Catalog()
@@ -204,15 +258,15 @@ def test_live_viewers_are_counted_in_the_daemon(
     for _ in range(web.streams.limit):
         connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
         connection.request("GET", "/stream.mjpg")
-        viewers.append(connection)
         response = connection.getresponse()
+        viewers.append(response)  # kept: a response collected closes its socket, and the viewer leaves
         assert response.status == 200
         assert part_of(response).startswith(b"\xff\xd8")  # a JPEG
     assert web.streams.active == web.streams.limit
     status, body = fetch_json(url(web, "/stream.mjpg"))
     assert status == 503 and "live streams are in use" in body["error"]
-    for connection in viewers:
-        connection.close()
+    for response in viewers:
+        response.close()
     eventually(lambda: web.streams.active == 0, 30, "the viewers released")
 
 
